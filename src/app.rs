@@ -1,0 +1,119 @@
+//! Shared state and the proxy router.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use http::HeaderMap;
+
+use crate::cache::lock::Locks;
+use crate::cache::store::{MemoryStore, Store};
+use crate::cache::CacheEntry;
+use crate::config::{Backend, Config};
+use crate::proxy::origin::Origins;
+use crate::proxy::route::RouteTable;
+use crate::proxy::{self, key, Shared};
+
+/// Everything a request needs, shared by all of them.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    /// Behind a trait object so the request path is the same for every backend.
+    pub store: Arc<dyn Store>,
+    /// One origin fetch per key per process; its outcome is handed to the waiters
+    /// directly, so coalescing holds even when the store is failing.
+    pub locks: Arc<Locks<Shared>>,
+    pub origins: Origins,
+    /// Keys whose last response was not storable: they skip the single flight for a
+    /// while instead of queueing every request behind the previous one (hit-for-miss).
+    pub hit_for_miss: moka::sync::Cache<String, ()>,
+}
+
+impl AppState {
+    /// Builds the state with the store the config names.
+    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        let store: Arc<dyn Store> = match &config.store.backend {
+            Backend::Memory { max_size } => Arc::new(MemoryStore::new(*max_size)),
+            Backend::Redis(_) => {
+                anyhow::bail!("the redis store is not built yet; use store.backend: memory")
+            }
+        };
+        Ok(Self::with_store(config, store))
+    }
+
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Arc<Self> {
+        let hit_for_miss = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(config.hit_for_miss.max(Duration::from_millis(1)))
+            .build();
+        Arc::new(AppState {
+            routes: RouteTable::new(&config.routes),
+            origins: Origins::new(&config.upstreams),
+            locks: Locks::new(),
+            store,
+            hit_for_miss,
+            config: Arc::new(config),
+        })
+    }
+
+    /// A store failure reads as a miss.
+    pub async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Arc<CacheEntry>> {
+        match self.store.lookup(key, request).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, key, "store lookup failed; treating as a miss");
+                crate::telemetry::record_store_error("lookup");
+                None
+            }
+        }
+    }
+
+    /// A store failure skips the write; the response is still served.
+    pub async fn store_entry(&self, key: &str, entry: Arc<CacheEntry>) -> bool {
+        match self.store.insert(key, entry).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, key, "store write failed; response served uncached");
+                crate::telemetry::record_store_error("insert");
+                false
+            }
+        }
+    }
+
+    pub async fn invalidate(&self, key: &str) {
+        if let Err(error) = self.store.remove(key).await {
+            tracing::warn!(%error, key, "store remove failed");
+            crate::telemetry::record_store_error("remove");
+        }
+    }
+
+    /// Invalidates the entry a same-origin URL (`Location`, `Content-Location`) names.
+    pub async fn invalidate_url(&self, url: &str) {
+        let Ok(uri) = url.parse::<http::Uri>() else {
+            return;
+        };
+        // Only relative references are same-origin for certain; an absolute URL may
+        // name another host that happens to share a path.
+        if uri.authority().is_some() {
+            return;
+        }
+        let Some(m) = self.routes.find(uri.path()) else {
+            return;
+        };
+        let route = &self.config.routes[m.route];
+        if route.cache {
+            self.invalidate(&key::cache_key(
+                &route.template,
+                &m.params,
+                uri.query(),
+                &route.key,
+            ))
+            .await;
+        }
+    }
+}
+
+/// The proxy router: every path and method goes to the cache path.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new().fallback(proxy::handle).with_state(state)
+}

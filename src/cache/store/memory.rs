@@ -1,0 +1,114 @@
+//! The embedded store: moka, bounded by bytes, each key expiring at its last variant's
+//! `keep_until`. One binary, nothing else to run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use http::HeaderMap;
+use moka::future::Cache;
+use moka::Expiry;
+
+use super::{Store, StoreError, MAX_VARIANTS};
+use crate::cache::CacheEntry;
+
+/// The variants of one key, newest first. Replaced whole on every write (copy-on-write),
+/// so readers never see a half-updated set.
+type Variants = Arc<Vec<Arc<CacheEntry>>>;
+
+pub struct MemoryStore {
+    cache: Cache<String, Variants>,
+}
+
+impl MemoryStore {
+    pub fn new(max_bytes: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, v: &Variants| {
+                let bytes = key.len() + v.iter().map(|e| e.weight()).sum::<usize>();
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .expire_after(KeepUntil)
+            .build();
+        MemoryStore { cache }
+    }
+
+    /// Entries held (approximate; moka applies writes lazily).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
+/// Expire a key when none of its variants can be used any more.
+struct KeepUntil;
+
+impl KeepUntil {
+    fn ttl(v: &Variants) -> Option<Duration> {
+        let until = v.iter().map(|e| e.keep_until()).max()?;
+        Some(
+            until
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+}
+
+impl Expiry<String, Variants> for KeepUntil {
+    fn expire_after_create(&self, _: &String, v: &Variants, _: Instant) -> Option<Duration> {
+        Self::ttl(v)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        v: &Variants,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::ttl(v)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn lookup(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+    ) -> Result<Option<Arc<CacheEntry>>, StoreError> {
+        Ok(self
+            .cache
+            .get(key)
+            .await
+            .and_then(|variants| variants.iter().find(|e| e.matches(request)).cloned()))
+    }
+
+    async fn insert(&self, key: &str, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        self.cache
+            .entry_by_ref(key)
+            .and_upsert_with(|old| {
+                let mut variants = vec![entry.clone()];
+                if let Some(old) = old {
+                    variants.extend(
+                        old.into_value()
+                            .iter()
+                            .filter(|e| e.vary != entry.vary && e.keep_until() > now)
+                            .take(MAX_VARIANTS - 1)
+                            .cloned(),
+                    );
+                }
+                std::future::ready(Arc::new(variants))
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.cache.remove(key).await.is_some())
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,552 @@
+//! Configuration in two stages: `raw` mirrors `routes.yaml`; this module validates it
+//! once into `Config`, so the request path never sees a raw string.
+
+mod error;
+mod locate;
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, Uri};
+
+pub use error::ConfigError;
+use locate::Locations;
+use raw::RawConfig;
+
+use crate::cache::policy::RoutePolicy;
+use crate::proxy::key::KeySpec;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: AdminConfig,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+    pub store: StoreConfig,
+    pub limits: Limits,
+    /// How long a key whose response was not storable skips coalescing.
+    pub hit_for_miss: Duration,
+    /// Budget of one background refresh, independent of any client.
+    pub refresh_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None` disables the admin listener.
+    pub listen: Option<SocketAddr>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix of the upstream URL without a trailing slash ("" for none).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The template as written, e.g. `/users/{id}`: part of every key and metric label.
+    pub template: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    /// `false`: forwarded, never stored.
+    pub cache: bool,
+    pub policy: RoutePolicy,
+    pub key: KeySpec,
+    /// Whether `Cache-Status` may show the cache key.
+    pub show_key: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    pub l1: L1Config,
+}
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Memory { max_size: u64 },
+    Redis(RedisConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub target: RedisTarget,
+    pub pool_size: usize,
+    pub timeout: Duration,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    Single(String),
+    Cluster(Vec<String>),
+    Sentinel { master: String, nodes: Vec<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct L1Config {
+    /// 0 disables the in-process tier in front of Redis.
+    pub max_size: u64,
+    pub max_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_request_body: usize,
+}
+
+/// Values from the environment that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub redis_url: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+impl Overrides {
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Overrides {
+            listen: var("CACHEGATE_LISTEN"),
+            admin_listen: var("CACHEGATE_ADMIN_LISTEN"),
+            redis_url: var("CACHEGATE_REDIS_URL"),
+            admin_token: var("CACHEGATE_ADMIN_TOKEN"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            position: None,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&source, path, overrides)
+    }
+
+    /// Validates `source`, naming `file` in errors.
+    pub fn parse(source: &str, file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let raw: RawConfig = {
+            let de = serde_yaml::Deserializer::from_str(source);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                let position = inner.location().map(|l| (l.line(), l.column()));
+                let mut message = inner.to_string();
+                if let Some(cut) = message.rfind(" at line ") {
+                    message.truncate(cut);
+                }
+                // serde_yaml prefixes its own (shorter) path; ours is more precise.
+                if let Some((prefix, rest)) = message.split_once(": ") {
+                    if !prefix.contains(' ') && field.starts_with(prefix) {
+                        message = rest.to_string();
+                    }
+                }
+                ConfigError {
+                    file: file.to_path_buf(),
+                    position,
+                    field: if field == "." { String::new() } else { field },
+                    message,
+                }
+            })?
+        };
+        let mut v = Validator {
+            file: file.to_path_buf(),
+            locations: Locations::index(source),
+        };
+        v.config(raw, overrides)
+    }
+}
+
+/// Turns a `RawConfig` into a `Config`, attaching source positions to errors.
+struct Validator {
+    file: PathBuf,
+    locations: Locations,
+}
+
+impl Validator {
+    fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            position: self.locations.find(field),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        field: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(s) => parse_duration(s).ok_or_else(|| {
+                self.err(
+                    field,
+                    format!("{s:?} is not a duration (expected e.g. 500ms, 30s, 5m, 1h)"),
+                )
+            }),
+        }
+    }
+
+    fn size(&self, field: &str, value: Option<&str>, default: u64) -> Result<u64, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(s) => parse_size(s).ok_or_else(|| {
+                self.err(
+                    field,
+                    format!("{s:?} is not a size (expected e.g. 512KiB, 8MiB, 1GiB)"),
+                )
+            }),
+        }
+    }
+
+    fn addr(&self, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                field,
+                format!("{value:?} is not a socket address (expected e.g. 127.0.0.1:8080)"),
+            )
+        })
+    }
+
+    fn config(&mut self, raw: RawConfig, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let listen = match &overrides.listen {
+            Some(l) => l.parse().map_err(|_| ConfigError {
+                file: self.file.clone(),
+                position: None,
+                field: "CACHEGATE_LISTEN".into(),
+                message: format!("{l:?} is not a socket address (expected e.g. 127.0.0.1:8080)"),
+            })?,
+            None => self.addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:8080"))?,
+        };
+
+        let admin_raw = raw.admin.unwrap_or_default();
+        let admin = AdminConfig {
+            listen: match &overrides.admin_listen {
+                Some(l) => Some(l.parse().map_err(|_| ConfigError {
+                    file: self.file.clone(),
+                    position: None,
+                    field: "CACHEGATE_ADMIN_LISTEN".into(),
+                    message: format!("{l:?} is not a socket address (expected e.g. 0.0.0.0:9090)"),
+                })?),
+                None => admin_raw
+                    .listen
+                    .as_deref()
+                    .map(|l| self.addr("admin.listen", l))
+                    .transpose()?,
+            },
+            token: overrides.admin_token.clone().or(admin_raw.token),
+        };
+
+        let mut upstreams = Vec::new();
+        for (name, u) in &raw.upstreams {
+            upstreams.push(self.upstream(name, u)?);
+        }
+        if upstreams.is_empty() {
+            return Err(self.err("upstreams", "at least one upstream is required"));
+        }
+
+        let d = &raw.defaults;
+        let jitter = d.jitter.unwrap_or(0.1);
+        if !(0.0..=0.5).contains(&jitter) {
+            return Err(self.err(
+                "defaults.jitter",
+                format!("{jitter} is out of range (expected 0.0 to 0.5)"),
+            ));
+        }
+        let defaults = RoutePolicy {
+            ttl: self.duration("defaults.ttl", d.ttl.as_deref(), Duration::from_secs(60))?,
+            stale: self.duration(
+                "defaults.stale",
+                d.stale.as_deref(),
+                Duration::from_secs(300),
+            )?,
+            stale_if_error: self.duration(
+                "defaults.stale_if_error",
+                d.stale_if_error.as_deref(),
+                Duration::from_secs(3600),
+            )?,
+            jitter,
+            override_origin: false,
+            cache_set_cookie: false,
+            max_body: self.size("defaults.max_body", d.max_body.as_deref(), 8 << 20)? as usize,
+        };
+
+        let mut routes = Vec::new();
+        let mut router = matchit::Router::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let f = |name: &str| format!("routes[{i}].{name}");
+            if !r.path.starts_with('/') {
+                return Err(self.err(&f("path"), format!("{:?} must start with '/'", r.path)));
+            }
+            router
+                .insert(r.path.as_str(), i)
+                .map_err(|e| self.err(&f("path"), format!("{:?}: {e}", r.path)))?;
+            let upstream = upstreams
+                .iter()
+                .position(|u| u.name == r.upstream)
+                .ok_or_else(|| {
+                    let known: Vec<_> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                    self.err(
+                        &f("upstream"),
+                        format!(
+                            "{:?} is not a defined upstream (defined: {})",
+                            r.upstream,
+                            known.join(", ")
+                        ),
+                    )
+                })?;
+            let policy = RoutePolicy {
+                ttl: self.duration(&f("ttl"), r.ttl.as_deref(), defaults.ttl)?,
+                stale: self.duration(&f("stale"), r.stale.as_deref(), defaults.stale)?,
+                stale_if_error: self.duration(
+                    &f("stale_if_error"),
+                    r.stale_if_error.as_deref(),
+                    defaults.stale_if_error,
+                )?,
+                jitter: defaults.jitter,
+                override_origin: r.override_origin.unwrap_or(false),
+                cache_set_cookie: r.cache_set_cookie.unwrap_or(false),
+                max_body: self.size(
+                    &f("max_body"),
+                    r.max_body.as_deref(),
+                    defaults.max_body as u64,
+                )? as usize,
+            };
+            let mut headers = Vec::new();
+            for (j, h) in r.key.headers.iter().enumerate() {
+                let name = HeaderName::try_from(h.as_str()).map_err(|_| {
+                    self.err(
+                        &f(&format!("key.headers[{j}]")),
+                        format!("{h:?} is not a header name"),
+                    )
+                })?;
+                headers.push(name);
+            }
+            routes.push(Route {
+                template: r.path.clone(),
+                upstream,
+                cache: r.cache.unwrap_or(true),
+                policy,
+                key: KeySpec::new(r.key.query.clone(), headers),
+                show_key: r.show_key.unwrap_or(false),
+            });
+        }
+        if routes.is_empty() {
+            return Err(self.err("routes", "at least one route is required"));
+        }
+
+        let store = self.store(&raw.store, overrides)?;
+        let limits = Limits {
+            max_header_bytes: self.size(
+                "limits.max_header_bytes",
+                raw.limits.max_header_bytes.as_deref(),
+                64 << 10,
+            )? as usize,
+            max_request_body: self.size(
+                "limits.max_request_body",
+                raw.limits.max_request_body.as_deref(),
+                16 << 20,
+            )? as usize,
+        };
+        Ok(Config {
+            listen,
+            admin,
+            upstreams,
+            routes,
+            store,
+            limits,
+            hit_for_miss: self.duration(
+                "defaults.hit_for_miss",
+                d.hit_for_miss.as_deref(),
+                Duration::from_secs(30),
+            )?,
+            refresh_timeout: self.duration(
+                "defaults.refresh_timeout",
+                d.refresh_timeout.as_deref(),
+                Duration::from_secs(30),
+            )?,
+        })
+    }
+
+    fn upstream(&self, name: &str, u: &raw::RawUpstream) -> Result<Upstream, ConfigError> {
+        let field = format!("upstreams.{name}.url");
+        let uri: Uri = u.url.parse().map_err(|_| {
+            self.err(
+                &field,
+                format!(
+                    "{:?} is not a URL (expected e.g. http://127.0.0.1:3000)",
+                    u.url
+                ),
+            )
+        })?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .filter(|s| *s == Scheme::HTTP)
+            .ok_or_else(|| {
+                self.err(
+                    &field,
+                    format!("{:?}: only http:// upstreams are supported", u.url),
+                )
+            })?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| self.err(&field, format!("{:?} has no host", u.url)))?;
+        if uri.query().is_some() {
+            return Err(self.err(&field, format!("{:?} must not have a query", u.url)));
+        }
+        Ok(Upstream {
+            name: name.to_string(),
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+            connect_timeout: self.duration(
+                &format!("upstreams.{name}.connect_timeout"),
+                u.connect_timeout.as_deref(),
+                Duration::from_secs(1),
+            )?,
+            timeout: self.duration(
+                &format!("upstreams.{name}.timeout"),
+                u.timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+        })
+    }
+
+    fn store(&self, s: &raw::RawStore, overrides: &Overrides) -> Result<StoreConfig, ConfigError> {
+        let l1_raw = s.l1.as_ref();
+        let l1 = L1Config {
+            max_size: self.size(
+                "store.l1.max_size",
+                l1_raw.and_then(|l| l.max_size.as_deref()),
+                64 << 20,
+            )?,
+            max_ttl: self.duration(
+                "store.l1.max_ttl",
+                l1_raw.and_then(|l| l.max_ttl.as_deref()),
+                Duration::from_secs(2),
+            )?,
+        };
+        let backend_name = if overrides.redis_url.is_some() {
+            "redis"
+        } else {
+            s.backend.as_deref().unwrap_or("memory")
+        };
+        let backend = match backend_name {
+            "memory" => Backend::Memory {
+                max_size: self.size(
+                    "store.memory.max_size",
+                    s.memory.max_size.as_deref(),
+                    256 << 20,
+                )?,
+            },
+            "redis" => {
+                let r = s.redis.as_ref();
+                let target = if let Some(url) = &overrides.redis_url {
+                    RedisTarget::Single(url.clone())
+                } else if let Some(r) = r {
+                    match (&r.url, &r.cluster, &r.sentinel) {
+                        (Some(url), None, None) => RedisTarget::Single(url.clone()),
+                        (None, Some(nodes), None) if !nodes.is_empty() => RedisTarget::Cluster(nodes.clone()),
+                        (None, None, Some(sen)) if !sen.nodes.is_empty() => RedisTarget::Sentinel {
+                            master: sen.master.clone(),
+                            nodes: sen.nodes.clone(),
+                        },
+                        _ => {
+                            return Err(self.err(
+                                "store.redis",
+                                "give exactly one of url, cluster (a non-empty list) or sentinel (master and nodes)",
+                            ))
+                        }
+                    }
+                } else {
+                    return Err(self.err(
+                        "store.redis",
+                        "backend redis needs store.redis.url, cluster or sentinel",
+                    ));
+                };
+                Backend::Redis(RedisConfig {
+                    target,
+                    pool_size: r.and_then(|r| r.pool_size).unwrap_or(32),
+                    timeout: self.duration(
+                        "store.redis.timeout",
+                        r.and_then(|r| r.timeout.as_deref()),
+                        Duration::from_millis(50),
+                    )?,
+                    key_prefix: r
+                        .and_then(|r| r.key_prefix.clone())
+                        .unwrap_or_else(|| "cachegate:".to_string()),
+                })
+            }
+            other => {
+                return Err(self.err(
+                    "store.backend",
+                    format!("{other:?} is not a store (expected memory or redis)"),
+                ))
+            }
+        };
+        Ok(StoreConfig { backend, l1 })
+    }
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, `1d`; a bare `0` is zero.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// `512KiB`, `8MiB`, `1GiB`, `10MB`, or a plain number of bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests;

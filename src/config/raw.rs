@@ -1,0 +1,123 @@
+//! The serde mirror of `routes.yaml`: the only place that derives `Deserialize` from
+//! user input. Values keep their user-facing form; `config::Config` validates them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub limits: RawLimits,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: String,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub ttl: Option<String>,
+    pub stale: Option<String>,
+    pub stale_if_error: Option<String>,
+    pub jitter: Option<f64>,
+    pub max_body: Option<String>,
+    pub hit_for_miss: Option<String>,
+    pub refresh_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<String>,
+    pub max_request_body: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub memory: RawMemoryStore,
+    pub redis: Option<RawRedis>,
+    pub l1: Option<RawL1>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemoryStore {
+    pub max_size: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
+    pub sentinel: Option<RawSentinel>,
+    pub pool_size: Option<usize>,
+    pub timeout: Option<String>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    pub master: String,
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawL1 {
+    pub max_size: Option<String>,
+    pub max_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: String,
+    pub upstream: String,
+    pub cache: Option<bool>,
+    pub ttl: Option<String>,
+    pub stale: Option<String>,
+    pub stale_if_error: Option<String>,
+    pub override_origin: Option<bool>,
+    pub cache_set_cookie: Option<bool>,
+    pub show_key: Option<bool>,
+    pub max_body: Option<String>,
+    #[serde(default)]
+    pub key: RawKey,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    #[serde(default)]
+    pub query: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+}

@@ -1,0 +1,110 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = "\
+listen: 127.0.0.1:8080
+upstreams:
+  api: { url: \"http://127.0.0.1:3000/v1/\", connect_timeout: 1s, timeout: 10s }
+defaults: { ttl: 60s, stale: 5m, stale_if_error: 1h, jitter: 0.1 }
+routes:
+  - path: /users/{id}
+    upstream: api
+    ttl: 30s
+    stale: 2m
+    key: { query: [fields], headers: [accept-language] }
+  - path: /{*rest}
+    upstream: api
+    cache: false
+";
+
+fn parse(src: &str) -> Result<Config, ConfigError> {
+    Config::parse(src, Path::new("routes.yaml"), &Overrides::default())
+}
+
+/// The error for `src` rendered as users see it.
+fn check_err(src: &str, want: &str) {
+    let err = parse(src).expect_err("config should be rejected");
+    assert_eq!(err.to_string(), want);
+}
+
+#[test]
+fn a_good_config_validates() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.upstreams[0].base_path, "/v1");
+    assert_eq!(c.routes[0].policy.ttl, Duration::from_secs(30));
+    assert_eq!(c.routes[0].policy.stale, Duration::from_secs(120));
+    assert_eq!(c.routes[0].policy.stale_if_error, Duration::from_secs(3600));
+    assert_eq!(c.routes[0].key.query, vec!["fields".to_string()]);
+    assert!(!c.routes[1].cache);
+    assert!(matches!(c.store.backend, Backend::Memory { .. }));
+}
+
+#[test]
+fn the_shipped_routes_yaml_validates() {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.yaml")).unwrap();
+    parse(&src).unwrap();
+}
+
+#[test]
+fn errors_name_line_column_and_field() {
+    check_err(
+        &GOOD.replace("ttl: 30s", "ttl: 5 m"),
+        "routes.yaml:8:10: routes[0].ttl: \"5 m\" is not a duration (expected e.g. 500ms, 30s, 5m, 1h)",
+    );
+    check_err(
+        &GOOD.replace(
+            "    upstream: api\n    cache",
+            "    upstream: apx\n    cache",
+        ),
+        "routes.yaml:12:15: routes[1].upstream: \"apx\" is not a defined upstream (defined: api)",
+    );
+    check_err(
+        &GOOD.replace("    stale: 2m", "    stael: 2m"),
+        "routes.yaml:9:5: routes[0].stael: unknown field `stael`, expected one of `path`, `upstream`, `cache`, `ttl`, \
+         `stale`, `stale_if_error`, `override_origin`, `cache_set_cookie`, `show_key`, `max_body`, `key`",
+    );
+    check_err(
+        &GOOD.replace("jitter: 0.1", "jitter: 2"),
+        "routes.yaml:4:62: defaults.jitter: 2 is out of range (expected 0.0 to 0.5)",
+    );
+    check_err(
+        &GOOD.replace("http://127.0.0.1:3000/v1/", "https://127.0.0.1:3000"),
+        "routes.yaml:3:15: upstreams.api.url: \"https://127.0.0.1:3000\": only http:// upstreams are supported",
+    );
+}
+
+#[test]
+fn conflicting_templates_are_rejected() {
+    let src = GOOD.replace("  - path: /{*rest}", "  - path: /users/{name}");
+    let err = parse(&src).unwrap_err();
+    assert_eq!(err.field, "routes[1].path");
+    assert_eq!(err.position, Some((11, 11)));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let o = Overrides {
+        listen: Some("127.0.0.1:9999".into()),
+        redis_url: Some("redis://127.0.0.1:1".into()),
+        ..Default::default()
+    };
+    let c = Config::parse(GOOD, Path::new("routes.yaml"), &o).unwrap();
+    assert_eq!(c.listen.port(), 9999);
+    assert!(matches!(c.store.backend, Backend::Redis(_)));
+}
+
+#[test]
+fn durations_and_sizes() {
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+    assert_eq!(parse_duration("5 m"), None);
+    assert_eq!(parse_duration("m"), None);
+    assert_eq!(parse_size("64MiB"), Some(64 << 20));
+    assert_eq!(parse_size("10"), Some(10));
+    assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+    assert_eq!(parse_size("1XB"), None);
+}

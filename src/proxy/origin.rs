@@ -1,0 +1,196 @@
+//! The upstream side: one pooled HTTP client per upstream, request and response header
+//! hygiene, and bounded body reads.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Upstream;
+use crate::error::ProxyError;
+
+/// Clients for every upstream, indexed like `Config::upstreams`.
+pub struct Origins {
+    upstreams: Vec<(Upstream, Client<HttpConnector, Body>)>,
+}
+
+impl Origins {
+    pub fn new(upstreams: &[Upstream]) -> Self {
+        let upstreams = upstreams
+            .iter()
+            .map(|u| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(u.connect_timeout));
+                connector.set_nodelay(true);
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(256)
+                    .build(connector);
+                (u.clone(), client)
+            })
+            .collect();
+        Origins { upstreams }
+    }
+
+    pub fn upstream(&self, index: usize) -> &Upstream {
+        &self.upstreams[index].0
+    }
+
+    /// Sends `req` (already addressed by `outbound`) and waits for response headers
+    /// within the upstream's timeout.
+    pub async fn send(
+        &self,
+        index: usize,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (upstream, client) = &self.upstreams[index];
+        match tokio::time::timeout(upstream.timeout, client.request(req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(error_chain(&e))),
+            Ok(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Builds the upstream request: the upstream's address and base path, the request's
+/// path and query, end-to-end headers only, and the forwarding headers.
+pub fn outbound(
+    upstream: &Upstream,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    client: Option<SocketAddr>,
+    body: Body,
+) -> Request<Body> {
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let target = format!("{}{}", upstream.base_path, path_and_query);
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(target)
+        .build()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+
+    let mut out = headers.clone();
+    strip_hop_by_hop(&mut out);
+    let original_host = out.remove(header::HOST);
+    if let Some(addr) = client {
+        let ip = addr.ip().to_string();
+        let forwarded = match out.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+            out.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    out.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(host) = original_host {
+        out.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    append_via(&mut out);
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = out;
+    req
+}
+
+pub fn append_via(headers: &mut HeaderMap) {
+    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, 1.1 cachegate"),
+        None => "1.1 cachegate".to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&via) {
+        headers.insert(header::VIA, v);
+    }
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1), including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// A response body read up to a limit.
+pub enum BodyRead {
+    Complete(Bytes),
+    /// Over the limit: what was read so far and the rest of the stream.
+    TooLarge(Bytes, Incoming),
+}
+
+/// Reads `body` whole if it fits in `limit` bytes, within `timeout`.
+/// A body cut short (fewer bytes than `Content-Length`, a reset) is an error.
+pub async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<BodyRead, ProxyError> {
+    let read = async move {
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ProxyError::Upstream(format!("response body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+                if buf.len() > limit {
+                    return Ok(BodyRead::TooLarge(buf.freeze(), body));
+                }
+            }
+        }
+        Ok(BodyRead::Complete(buf.freeze()))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout)?
+}
+
+/// A body that yields `prefix`, then the rest of `rest`.
+pub fn chain_body(prefix: Bytes, rest: Incoming) -> Body {
+    let first = futures_util::stream::once(async move { Ok::<_, hyper::Error>(prefix) });
+    let rest = http_body_util::BodyDataStream::new(rest);
+    Body::from_stream(futures_util::StreamExt::chain(first, rest))
+}

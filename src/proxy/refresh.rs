@@ -1,0 +1,49 @@
+//! Stale-while-revalidate: the request that finds a stale entry answers at once; the
+//! key's single-flight permit moves into a spawned task that revalidates it, detached
+//! from any client and bounded by its own timeout.
+
+use std::sync::Arc;
+
+use crate::app::AppState;
+use crate::cache::{CacheEntry, Fwd};
+use crate::config::Route;
+
+use super::{cache_request, fetch, Inbound};
+
+/// Starts a background refresh of `key` unless one (or a miss fetch) is already running.
+pub fn spawn(
+    state: &Arc<AppState>,
+    route: &Route,
+    key: &str,
+    stale: Arc<CacheEntry>,
+    inbound: &Inbound,
+) {
+    let Some(permit) = state.locks.try_lock(key) else {
+        return;
+    };
+    let state = state.clone();
+    let route = route.clone();
+    let key = key.to_string();
+    let inbound = Inbound {
+        parts: cache_request(&inbound.parts),
+        client: inbound.client,
+    };
+    tokio::spawn(async move {
+        let budget = state.config.refresh_timeout;
+        let refresh = fetch(&state, &route, &key, &inbound, Some(stale), Fwd::Stale);
+        match tokio::time::timeout(budget, refresh).await {
+            Ok(fetched) => {
+                crate::telemetry::record_refresh(
+                    &route.template,
+                    fetched.status.outcome_of_refresh(),
+                );
+                permit.release(fetched.shared);
+            }
+            Err(_) => {
+                tracing::warn!(route = %route.template, key, "background refresh timed out");
+                crate::telemetry::record_refresh(&route.template, "timeout");
+                // Dropping the permit wakes any waiter to compete again.
+            }
+        }
+    });
+}

@@ -1,15 +1,15 @@
 //! Shared state and the proxy router.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use http::HeaderMap;
 
 use crate::cache::lock::Locks;
-use crate::cache::store::{MemoryStore, Store};
+use crate::cache::store::{self, Lease, Store};
 use crate::cache::CacheEntry;
-use crate::config::{Backend, Config};
+use crate::config::Config;
 use crate::proxy::origin::Origins;
 use crate::proxy::route::RouteTable;
 use crate::proxy::{self, key, Shared};
@@ -31,13 +31,8 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state with the store the config names.
-    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
-        let store: Arc<dyn Store> = match &config.store.backend {
-            Backend::Memory { max_size } => Arc::new(MemoryStore::new(*max_size)),
-            Backend::Redis(_) => {
-                anyhow::bail!("the redis store is not built yet; use store.backend: memory")
-            }
-        };
+    pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        let store = store::build(&config.store).await?;
         Ok(Self::with_store(config, store))
     }
 
@@ -85,6 +80,57 @@ impl AppState {
             tracing::warn!(%error, key, "store remove failed");
             crate::telemetry::record_store_error("remove");
         }
+    }
+
+    /// The fleet-wide lease for fetching `key`: `Some(token)` when this process may
+    /// fetch (a store failure grants it: in-process coalescing still holds), `None`
+    /// when another replica is fetching.
+    pub async fn acquire_lease(
+        &self,
+        key: &str,
+        upstream_timeout: Duration,
+    ) -> Option<Option<String>> {
+        // Longer than the fetch it guards, so it does not lapse while the origin works.
+        let ttl = upstream_timeout + Duration::from_secs(2);
+        match self.store.acquire_lease(key, ttl).await {
+            Ok(Lease::Granted(token)) => Some(token),
+            Ok(Lease::Held) => None,
+            Err(error) => {
+                tracing::warn!(%error, key, "lease failed; fetching without it");
+                crate::telemetry::record_store_error("lease");
+                Some(None)
+            }
+        }
+    }
+
+    pub async fn release_lease(&self, key: &str, token: &str) {
+        if let Err(error) = self.store.release_lease(key, token).await {
+            tracing::warn!(%error, key, "lease release failed; it will expire");
+            crate::telemetry::record_store_error("release");
+        }
+    }
+
+    /// Waits (bounded) for another replica's fetch of `key` to land in the store: an
+    /// entry stored after `newer_than`, or any entry when there was none.
+    pub async fn wait_for_entry(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+        newer_than: Option<SystemTime>,
+        max_wait: Duration,
+    ) -> Option<Arc<CacheEntry>> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut interval = Duration::from_millis(5);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(Duration::from_millis(50));
+            if let Ok(Some(entry)) = self.store.lookup(key, request).await {
+                if newer_than.is_none_or(|t| entry.stored_at > t) {
+                    return Some(entry);
+                }
+            }
+        }
+        None
     }
 
     /// Invalidates the entry a same-origin URL (`Location`, `Content-Location`) names.

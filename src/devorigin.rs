@@ -45,6 +45,12 @@ impl Default for OriginOptions {
 
 /// Serves until `shutdown` resolves.
 ///
+/// Any GET/HEAD path outside `/__` answers a JSON document with `ETag`, `Last-Modified` and
+/// `Cache-Control`, and 304 to a matching `If-None-Match`; query parameters `delay`, `size`,
+/// `cc` and `status` override the options per request. POST/PUT/PATCH/DELETE change the
+/// path's ETag. `GET /__stats`, `POST /__reset` and `POST /__bump` (change all ETags) are the
+/// control endpoints.
+///
 /// Fails early with `InvalidInput` if `opts.cache_control` is not a valid header value.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -205,17 +211,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
             write(&shared, &path, &overrides)
         }
-        _ => {
-            let mut resp = plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed\n".to_owned(),
-            );
-            resp.headers_mut().insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"),
-            );
-            resp
-        }
+        _ => method_not_allowed("GET, HEAD, POST, PUT, PATCH, DELETE"),
     };
     tracing::debug!(%method, %path, status = response.status().as_u16(), "dev origin request");
     response
@@ -259,15 +255,7 @@ fn control(shared: &Shared, method: &Method, path: &str) -> Response {
                 format!(r#"{{"ok":true,"generation":{}}}"#, inner.generation),
             )
         }
-        _ => {
-            let mut resp = plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed\n".to_owned(),
-            );
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allowed));
-            resp
-        }
+        _ => method_not_allowed(allowed),
     }
 }
 
@@ -582,6 +570,16 @@ fn json(status: StatusCode, body: String) -> Response {
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    let mut resp = plain(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed\n".to_owned(),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp
 }
 

@@ -127,6 +127,6 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path, &Overrides::from_env())?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let metrics = telemetry::init_metrics().ok();
-    let state = AppState::new(config)?;
+    let state = AppState::new(config).await?;
     server::run(state, listener, metrics, server::shutdown_signal()).await
 }

@@ -8,6 +8,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::app::AppState;
+use crate::cache::store::Health;
 
 #[derive(Clone)]
 struct Admin {
@@ -23,8 +24,15 @@ pub fn router(state: Arc<AppState>, metrics: Option<PrometheusHandle>) -> Router
         .with_state(Admin { state, metrics })
 }
 
+/// Ready even when the store is degraded: requests are still served (from the origin),
+/// so taking the replica out of rotation would only shift load. The body says which.
 async fn ready(State(admin): State<Admin>) -> String {
-    format!("ready\nstore: {}\n", admin.state.store.name())
+    let store = admin.state.store.as_ref();
+    let health = match store.health() {
+        Health::Ok => "ok",
+        Health::Degraded => "degraded",
+    };
+    format!("ready\nstore: {} {health}\n", store.name())
 }
 
 async fn render_metrics(State(admin): State<Admin>) -> String {

@@ -99,6 +99,10 @@ async fn lookup_or_fetch(
 
     if let Some(entry) = &found {
         let show = |s: CacheStatus| with_key(s, route, key);
+        if client_cc.no_cache && just_validated(entry, now) {
+            let status = show(CacheStatus::hit(entry.ttl_secs(now)));
+            return (respond_entry(entry, &inbound, now, &status), status);
+        }
         match entry.freshness(now) {
             Freshness::Fresh if !client_cc.no_cache => {
                 let status = show(CacheStatus::hit(entry.ttl_secs(now)));
@@ -134,7 +138,36 @@ async fn lookup_or_fetch(
     for _ in 0..3 {
         match state.locks.lock(key) {
             Lock::Leader(permit) => {
+                let upstream_timeout = state.origins.upstream(route.upstream).timeout;
+                let lease = state.acquire_lease(key, upstream_timeout).await;
+                if lease.is_none() {
+                    // Another replica is fetching: its entry will appear in the store.
+                    let newer_than = found.as_ref().map(|e| e.stored_at);
+                    let deadline = upstream_timeout + Duration::from_secs(1);
+                    if let Some(entry) = state
+                        .wait_for_entry(key, &inbound.parts.headers, newer_than, deadline)
+                        .await
+                    {
+                        let now = SystemTime::now();
+                        let status = with_key(
+                            CacheStatus {
+                                fwd: Some(fwd),
+                                collapsed: true,
+                                ttl: Some(entry.ttl_secs(now)),
+                                ..Default::default()
+                            },
+                            route,
+                            key,
+                        );
+                        let response = respond_entry(&entry, &inbound, now, &status);
+                        permit.release(Shared::Entry(entry.clone(), entry.status));
+                        return (response, status);
+                    }
+                }
                 let fetched = fetch(state, route, key, &inbound, found.clone(), fwd).await;
+                if let Some(Some(token)) = lease {
+                    state.release_lease(key, &token).await;
+                }
                 permit.release(fetched.shared);
                 return (fetched.response, fetched.status);
             }
@@ -438,7 +471,9 @@ fn variant_names(route: &Route, response: &HeaderMap) -> Vec<HeaderName> {
     names
 }
 
-/// Applies a 304 to the stored entry (RFC 9111 §4.3.4): new headers, old body.
+/// Applies a 304 to the stored entry (RFC 9111 §3.2, §4.3.4): the 304's fields replace
+/// or join the stored ones, the body stays. A 304 whose validator does not match the
+/// stored response is not applied.
 fn renew(
     route: &Route,
     old: &CacheEntry,
@@ -446,18 +481,35 @@ fn renew(
     not_modified: &http::response::Parts,
     now: SystemTime,
 ) -> Option<CacheEntry> {
-    let AfterResponse::NotModified(policy, merged) =
-        old.policy.after_response(request, not_modified, now)
-    else {
+    if !matches!(
+        old.policy.after_response(request, not_modified, now),
+        AfterResponse::NotModified(..)
+    ) {
         return None;
-    };
-    let mut headers = merged.headers;
-    origin::strip_hop_by_hop(&mut headers);
-    headers.remove(header::AGE);
+    }
+    let mut headers = old.headers.clone();
+    for name in not_modified.headers.keys() {
+        // Fields that describe the 304 message itself, not the stored representation.
+        if matches!(
+            name.as_str(),
+            "content-length" | "content-encoding" | "content-range" | "age"
+        ) {
+            continue;
+        }
+        headers.remove(name);
+        for value in not_modified.headers.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let mut response = http::Response::new(());
+    *response.status_mut() = old.status;
+    *response.headers_mut() = headers;
+    let (merged, ()) = response.into_parts();
+    let policy = CachePolicy::new_options(request, &merged, now, policy::cache_options());
     let exchange = Exchange {
         request_headers: &request.headers,
         status: old.status,
-        response_headers: &headers,
+        response_headers: &merged.headers,
     };
     let jitter = rand::random::<f64>() * 2.0 - 1.0;
     let Storability::Store(lifetimes) =
@@ -467,7 +519,7 @@ fn renew(
     };
     Some(CacheEntry::new(
         old.status,
-        headers,
+        merged.headers,
         old.body.clone(),
         policy,
         now,
@@ -483,6 +535,16 @@ pub(crate) fn cache_request(parts: &Parts) -> Parts {
     *req.uri_mut() = parts.uri.clone();
     *req.headers_mut() = parts.headers.clone();
     req.into_parts().0
+}
+
+/// A client's `no-cache` is satisfied by a response the origin confirmed this recently:
+/// a flood of `no-cache` requests then costs one origin request per interval, not one
+/// per client (a deliberate, documented reading of RFC 9111 §5.2.1.4).
+const NO_CACHE_GRACE: Duration = Duration::from_secs(1);
+
+fn just_validated(entry: &CacheEntry, now: SystemTime) -> bool {
+    now.duration_since(entry.stored_at)
+        .is_ok_and(|age| age < NO_CACHE_GRACE)
 }
 
 fn usable_on_error(entry: &CacheEntry, now: SystemTime) -> bool {

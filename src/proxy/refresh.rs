@@ -29,6 +29,12 @@ pub fn spawn(
         client: inbound.client,
     };
     tokio::spawn(async move {
+        // One refresh per key for the whole fleet: without the lease, another replica
+        // is refreshing and this one keeps serving stale.
+        let upstream_timeout = state.origins.upstream(route.upstream).timeout;
+        let Some(lease) = state.acquire_lease(&key, upstream_timeout).await else {
+            return;
+        };
         let budget = state.config.refresh_timeout;
         let refresh = fetch(&state, &route, &key, &inbound, Some(stale), Fwd::Stale);
         match tokio::time::timeout(budget, refresh).await {
@@ -44,6 +50,9 @@ pub fn spawn(
                 crate::telemetry::record_refresh(&route.template, "timeout");
                 // Dropping the permit wakes any waiter to compete again.
             }
+        }
+        if let Some(token) = lease {
+            state.release_lease(&key, &token).await;
         }
     });
 }

@@ -4,6 +4,7 @@
 pub mod memory;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::HeaderMap;
@@ -11,6 +12,18 @@ use http::HeaderMap;
 use super::CacheEntry;
 
 pub use memory::MemoryStore;
+
+use crate::config::{Backend, StoreConfig};
+
+/// The store the config names.
+pub async fn build(config: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    match &config.backend {
+        Backend::Memory { max_size } => Ok(Arc::new(MemoryStore::new(*max_size))),
+        Backend::Redis(_) => {
+            anyhow::bail!("the redis store is not built yet; use store.backend: memory")
+        }
+    }
+}
 
 /// A store failure. Never fails a request: callers treat it as a miss or a skipped write.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +54,41 @@ pub trait Store: Send + Sync + 'static {
     /// Removes every variant of `key`; true when something was there.
     async fn remove(&self, key: &str) -> Result<bool, StoreError>;
 
+    /// Takes the fleet-wide right to fetch `key` for at most `ttl`, so one replica of a
+    /// fleet asks the origin while the others wait for (or keep serving) the entry.
+    /// Stores local to one process grant it at once: the in-process lock suffices.
+    async fn acquire_lease(&self, _key: &str, _ttl: Duration) -> Result<Lease, StoreError> {
+        Ok(Lease::Granted(None))
+    }
+
+    /// Gives a granted lease back (compare-and-delete on its token).
+    async fn release_lease(&self, _key: &str, _token: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether the backend is usable right now (readiness, logs).
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
+}
+
+/// The answer to `acquire_lease`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// This process fetches; release with the token (None: nothing to release).
+    Granted(Option<String>),
+    /// Another replica is fetching.
+    Held,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// The backend is failing; requests are served from the origin (and L1).
+    Degraded,
 }
 
 /// At most this many variants per key: a route that varies on a high-cardinality header

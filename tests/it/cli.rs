@@ -1,0 +1,115 @@
+//! The real binary: `check` names the file, line and field; SIGTERM drains in-flight
+//! requests.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{proxy, Origin, Reply};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cachegate");
+
+#[test]
+fn check_reports_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        "upstreams:\n  api: { url: \"http://127.0.0.1:3000\" }\nroutes:\n  - path: /a\n    upstream: api\n    ttl: soon\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:6:10: routes[0].ttl: \"soon\" is not a duration",
+            path.display()
+        )),
+        "{err}"
+    );
+
+    std::fs::write(&path, "upstreams:\n  api: { url: \"http://127.0.0.1:3000\" }\nroutes:\n  - path: /a\n    upstream: api\n")
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn version_and_help_work() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("cachegate "));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("check"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests() {
+    let origin = Origin::start(|_| Reply::ok("finished").delay(Duration::from_millis(700))).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        proxy::config_yaml(
+            &origin.url(),
+            "ttl: 60s",
+            "  - path: /{*rest}\n    upstream: origin\n",
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/slow");
+    let client = proxy::client();
+    for _ in 0..100 {
+        if client
+            .get(format!("http://127.0.0.1:{port}/ready-probe"))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { proxy::send(&client, "GET", &url, &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    unsafe_kill_term(child.id());
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "finished"));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit after draining: {status:?}");
+}
+
+fn unsafe_kill_term(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}

@@ -133,15 +133,17 @@ impl AppState {
         None
     }
 
-    /// Invalidates the entry a same-origin URL (`Location`, `Content-Location`) names.
-    pub async fn invalidate_url(&self, url: &str) {
+    /// Invalidates the entry a same-origin URL (`Location`, `Content-Location`) names:
+    /// a relative reference, or an absolute one whose host is the request's `host`
+    /// (RFC 9111 §4.4: never another origin's entries).
+    pub async fn invalidate_url(&self, url: &str, host: Option<&str>) {
         let Ok(uri) = url.parse::<http::Uri>() else {
             return;
         };
-        // Only relative references are same-origin for certain; an absolute URL may
-        // name another host that happens to share a path.
-        if uri.authority().is_some() {
-            return;
+        if let Some(authority) = uri.authority() {
+            if host.is_none_or(|h| !h.eq_ignore_ascii_case(authority.as_str())) {
+                return;
+            }
         }
         let Some(m) = self.routes.find(uri.path()) else {
             return;

@@ -28,12 +28,98 @@ pub struct RoutePolicy {
     pub cache_set_cookie: bool,
     /// Larger bodies pass through uncached.
     pub max_body: usize,
+    /// What a client's `no-cache` does.
+    pub client_no_cache: ClientNoCache,
+    /// Request headers the route honours in `Vary`; a response varying on another is
+    /// not stored (instead of exploding the key space). `None`: any.
+    pub vary_allow: Option<Vec<String>>,
+    /// Names this cache answers to in targeted fields (RFC 9213): `NAME-Cache-Control`
+    /// and `Surrogate-Control` directives suffixed `;NAME`.
+    pub targets: Vec<String>,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        RoutePolicy {
+            ttl: Duration::from_secs(60),
+            stale: Duration::from_secs(300),
+            stale_if_error: Duration::from_secs(3600),
+            jitter: 0.1,
+            override_origin: false,
+            cache_set_cookie: false,
+            max_body: 8 << 20,
+            client_no_cache: ClientNoCache::Revalidate,
+            vary_allow: None,
+            targets: vec!["cachegate".to_string()],
+        }
+    }
+}
+
+/// The targeted fields a response may carry for this cache, most specific first.
+pub fn targeted_fields(targets: &[String]) -> Vec<String> {
+    let mut fields: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{}-cache-control", t.to_ascii_lowercase()))
+        .collect();
+    fields.push("cdn-cache-control".to_string());
+    fields
+}
+
+/// The response headers as this cache must read them: the most specific targeted field
+/// (RFC 9213), or `Surrogate-Control` directives for this cache, replaces
+/// `Cache-Control`. Downstream still gets the original `Cache-Control`.
+pub fn effective_headers<'a>(
+    headers: &'a HeaderMap,
+    targets: &[String],
+) -> std::borrow::Cow<'a, HeaderMap> {
+    use std::borrow::Cow;
+    for field in targeted_fields(targets) {
+        let values: Vec<_> = headers.get_all(field.as_str()).iter().cloned().collect();
+        if !values.is_empty() {
+            let mut h = headers.clone();
+            h.remove(CACHE_CONTROL);
+            h.remove(EXPIRES);
+            for v in values {
+                h.append(CACHE_CONTROL, v);
+            }
+            return Cow::Owned(h);
+        }
+    }
+    let surrogate: Vec<String> = directives(headers.get_all("surrogate-control"))
+        .into_iter()
+        .filter_map(|(name, arg)| {
+            // `max-age=60;cachegate` targets one cache; no suffix targets all.
+            let joined = match arg {
+                Some(a) => format!("{name}={a}"),
+                None => name,
+            };
+            match joined.split_once(';') {
+                Some((d, target)) => targets
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(target.trim()))
+                    .then(|| d.to_string()),
+                None => Some(joined),
+            }
+        })
+        .collect();
+    if surrogate.is_empty() {
+        return Cow::Borrowed(headers);
+    }
+    let mut h = headers.clone();
+    h.remove(CACHE_CONTROL);
+    h.remove(EXPIRES);
+    if let Ok(v) = http::HeaderValue::from_str(&surrogate.join(", ")) {
+        h.insert(CACHE_CONTROL, v);
+    }
+    Cow::Owned(h)
 }
 
 /// The Cache-Control directives a shared cache acts on. Only what the
 /// `http-cache-semantics` crate does not expose is read here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directives {
+    /// Fields named by `private="..."` and `no-cache="..."`: stored without them.
+    pub strip_fields: Vec<String>,
     pub no_store: bool,
     pub no_cache: bool,
     pub private: bool,
@@ -49,28 +135,32 @@ pub struct Directives {
 impl Directives {
     pub fn parse(headers: &HeaderMap) -> Self {
         let mut d = Directives::default();
-        for value in headers.get_all(CACHE_CONTROL) {
-            let Ok(value) = value.to_str() else { continue };
-            for part in value.split(',') {
-                let (name, arg) = match part.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (part.trim(), None),
-                };
-                let secs = || arg.and_then(|a| a.parse::<u64>().ok());
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => d.no_store = true,
-                    // `no-cache="field"` only strips fields; handled with storage.
-                    "no-cache" => d.no_cache |= arg.is_none(),
-                    "private" => d.private |= arg.is_none(),
-                    "public" => d.public = true,
-                    "must-revalidate" => d.must_revalidate = true,
-                    "proxy-revalidate" => d.proxy_revalidate = true,
-                    "max-age" => d.max_age = true,
-                    "s-maxage" => d.s_maxage = true,
-                    "stale-while-revalidate" => d.stale_while_revalidate = secs(),
-                    "stale-if-error" => d.stale_if_error = secs(),
-                    _ => {}
+        for (name, arg) in directives(headers.get_all(CACHE_CONTROL)) {
+            let secs = || arg.as_deref().and_then(|a| a.parse::<u64>().ok());
+            let fields = |d: &mut Directives| {
+                if let Some(list) = &arg {
+                    d.strip_fields.extend(
+                        list.split(',')
+                            .map(|f| f.trim().to_ascii_lowercase())
+                            .filter(|f| !f.is_empty()),
+                    );
                 }
+            };
+            match name.as_str() {
+                "no-store" => d.no_store = true,
+                // The qualified forms only strip the named fields (RFC 9111 §5.2.2.4, §5.2.2.7).
+                "no-cache" if arg.is_some() => fields(&mut d),
+                "no-cache" => d.no_cache = true,
+                "private" if arg.is_some() => fields(&mut d),
+                "private" => d.private = true,
+                "public" => d.public = true,
+                "must-revalidate" => d.must_revalidate = true,
+                "proxy-revalidate" => d.proxy_revalidate = true,
+                "max-age" => d.max_age = true,
+                "s-maxage" => d.s_maxage = true,
+                "stale-while-revalidate" => d.stale_while_revalidate = secs(),
+                "stale-if-error" => d.stale_if_error = secs(),
+                _ => {}
             }
         }
         d
@@ -79,6 +169,149 @@ impl Directives {
     /// Stale copies must not be served at all (RFC 9111 §5.2.2.2, §5.2.2.8).
     pub fn forbids_stale(&self) -> bool {
         self.must_revalidate || self.proxy_revalidate || self.no_cache
+    }
+}
+
+/// Cache-Control directives as (lower-cased name, unquoted argument), splitting on commas
+/// outside quoted strings (`private="a, b"` is one directive).
+pub fn directives<'a>(
+    values: impl IntoIterator<Item = &'a http::HeaderValue>,
+) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    for value in values {
+        let Ok(value) = value.to_str() else { continue };
+        let mut parts = Vec::new();
+        let (mut start, mut quoted) = (0, false);
+        for (i, c) in value.char_indices() {
+            match c {
+                '"' => quoted = !quoted,
+                ',' if !quoted => {
+                    parts.push(&value[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&value[start..]);
+        for part in parts {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let (name, arg) = match part.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"').to_string())),
+                None => (part, None),
+            };
+            out.push((name.to_ascii_lowercase(), arg));
+        }
+    }
+    out
+}
+
+/// Request directives cachegate acts on (RFC 9111 §5.2.1), with `Pragma: no-cache`
+/// standing in for `no-cache` when there is no Cache-Control (§5.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestDirectives {
+    pub no_cache: bool,
+    pub no_store: bool,
+    pub only_if_cached: bool,
+    pub max_age: Option<u64>,
+    /// `max-stale` without a value accepts any staleness: `u64::MAX`.
+    pub max_stale: Option<u64>,
+    pub min_fresh: Option<u64>,
+}
+
+impl RequestDirectives {
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut d = RequestDirectives::default();
+        let list = directives(headers.get_all(CACHE_CONTROL));
+        if list.is_empty() {
+            d.no_cache = headers.get_all(http::header::PRAGMA).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache"))
+            });
+        }
+        for (name, arg) in list {
+            let secs = arg.as_deref().and_then(|a| a.parse::<u64>().ok());
+            match name.as_str() {
+                "no-cache" => d.no_cache = true,
+                "no-store" => d.no_store = true,
+                "only-if-cached" => d.only_if_cached = true,
+                // An invalid value is treated as 0: the strictest reading.
+                "max-age" => d.max_age = Some(secs.unwrap_or(0)),
+                "max-stale" => {
+                    d.max_stale = Some(if arg.is_none() {
+                        u64::MAX
+                    } else {
+                        secs.unwrap_or(0)
+                    })
+                }
+                "min-fresh" => d.min_fresh = Some(secs.unwrap_or(0)),
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+/// What a client's `no-cache` does on a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientNoCache {
+    /// Revalidate through the coalesced path: one origin request however many clients ask.
+    #[default]
+    Revalidate,
+    /// Answer from the cache as if the client had not asked.
+    Ignore,
+}
+
+/// How a stored response may answer one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Serve it.
+    Fresh,
+    /// Serve it stale at once; a background refresh brings a new one.
+    Stale,
+    /// Ask the origin first (through the single flight).
+    Revalidate,
+}
+
+/// Decides whether `entry` may answer a request with directives `req`, at `now`.
+pub fn reuse(
+    entry: &super::CacheEntry,
+    req: &RequestDirectives,
+    route: &RoutePolicy,
+    now: SystemTime,
+) -> Reuse {
+    use super::entry::Freshness;
+    let honour = route.client_no_cache == ClientNoCache::Revalidate;
+    if honour && req.no_cache {
+        return Reuse::Revalidate;
+    }
+    let age = entry.age(now).as_secs();
+    let ttl = entry.ttl_secs(now);
+    if honour && req.max_age.is_some_and(|max| age > max) {
+        return Reuse::Revalidate;
+    }
+    if req.min_fresh.is_some_and(|min| ttl < min as i64) {
+        return Reuse::Revalidate;
+    }
+    match entry.freshness(now) {
+        Freshness::Fresh => Reuse::Fresh,
+        Freshness::Stale => Reuse::Stale,
+        Freshness::ErrorOnly | Freshness::Expired => {
+            // A client that accepts this much staleness may have it, unless the origin
+            // forbade serving stale.
+            let staleness = (-ttl).max(0) as u64;
+            let accepted = req.max_stale.is_some_and(|max| staleness <= max);
+            if accepted
+                && !Directives::parse(&effective_headers(&entry.headers, &route.targets))
+                    .forbids_stale()
+            {
+                Reuse::Stale
+            } else {
+                Reuse::Revalidate
+            }
+        }
     }
 }
 
@@ -152,8 +385,15 @@ pub fn decide(
     if ex.response_headers.contains_key(SET_COOKIE) && !route.cache_set_cookie {
         return DoNotStore(Detail::SetCookie);
     }
-    if vary_names(ex.response_headers).is_none() {
-        return DoNotStore(Detail::VaryStar);
+    match vary_names(ex.response_headers) {
+        None => return DoNotStore(Detail::VaryStar),
+        Some(names) => {
+            if let Some(allow) = &route.vary_allow {
+                if names.iter().any(|n| !allow.contains(n)) {
+                    return DoNotStore(Detail::VaryNotAllowed);
+                }
+            }
+        }
     }
     let explicit = cc.s_maxage || cc.max_age || ex.response_headers.contains_key(EXPIRES);
     if !cacheable_by_default(status) && !explicit {
@@ -247,9 +487,7 @@ mod tests {
             stale: Duration::from_secs(120),
             stale_if_error: Duration::from_secs(3600),
             jitter: 0.0,
-            override_origin: false,
-            cache_set_cookie: false,
-            max_body: 1 << 20,
+            ..RoutePolicy::default()
         }
     }
 

@@ -16,7 +16,7 @@ pub use error::ConfigError;
 use locate::Locations;
 use raw::RawConfig;
 
-use crate::cache::policy::RoutePolicy;
+use crate::cache::policy::{ClientNoCache, RoutePolicy};
 use crate::proxy::key::KeySpec;
 
 /// The validated configuration.
@@ -218,6 +218,23 @@ impl Validator {
         }
     }
 
+    fn client_no_cache(
+        &self,
+        field: &str,
+        value: Option<&str>,
+        default: ClientNoCache,
+    ) -> Result<ClientNoCache, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some("revalidate") => Ok(ClientNoCache::Revalidate),
+            Some("ignore") => Ok(ClientNoCache::Ignore),
+            Some(other) => Err(self.err(
+                field,
+                format!("{other:?} is not a choice (expected revalidate or ignore)"),
+            )),
+        }
+    }
+
     fn addr(&self, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
         value.parse().map_err(|_| {
             self.err(
@@ -288,6 +305,16 @@ impl Validator {
             override_origin: false,
             cache_set_cookie: false,
             max_body: self.size("defaults.max_body", d.max_body.as_deref(), 8 << 20)? as usize,
+            client_no_cache: self.client_no_cache(
+                "defaults.client_no_cache",
+                d.client_no_cache.as_deref(),
+                ClientNoCache::Revalidate,
+            )?,
+            vary_allow: None,
+            targets: raw
+                .targets
+                .clone()
+                .unwrap_or_else(|| vec!["cachegate".to_string()]),
         };
 
         let mut routes = Vec::new();
@@ -330,6 +357,16 @@ impl Validator {
                     r.max_body.as_deref(),
                     defaults.max_body as u64,
                 )? as usize,
+                client_no_cache: self.client_no_cache(
+                    &f("client_no_cache"),
+                    r.client_no_cache.as_deref(),
+                    defaults.client_no_cache,
+                )?,
+                vary_allow: r
+                    .vary
+                    .as_ref()
+                    .map(|v| v.iter().map(|n| n.to_ascii_lowercase()).collect()),
+                targets: defaults.targets.clone(),
             };
             let mut headers = Vec::new();
             for (j, h) in r.key.headers.iter().enumerate() {

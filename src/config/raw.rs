@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub limits: RawLimits,
+    /// Names this cache answers to in targeted cache-control fields (RFC 9213).
+    pub targets: Option<Vec<String>>,
     pub routes: Vec<RawRoute>,
 }
 
@@ -46,6 +48,7 @@ pub struct RawDefaults {
     pub max_body: Option<String>,
     pub hit_for_miss: Option<String>,
     pub refresh_timeout: Option<String>,
+    pub client_no_cache: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -109,6 +112,9 @@ pub struct RawRoute {
     pub cache_set_cookie: Option<bool>,
     pub show_key: Option<bool>,
     pub max_body: Option<String>,
+    pub client_no_cache: Option<String>,
+    /// Request headers this route honours in `Vary`.
+    pub vary: Option<Vec<String>>,
     #[serde(default)]
     pub key: RawKey,
 }

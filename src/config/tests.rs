@@ -64,7 +64,8 @@ fn errors_name_line_column_and_field() {
     check_err(
         &GOOD.replace("    stale: 2m", "    stael: 2m"),
         "routes.yaml:9:5: routes[0].stael: unknown field `stael`, expected one of `path`, `upstream`, `cache`, `ttl`, \
-         `stale`, `stale_if_error`, `override_origin`, `cache_set_cookie`, `show_key`, `max_body`, `key`",
+         `stale`, `stale_if_error`, `override_origin`, `cache_set_cookie`, `show_key`, `max_body`, \
+         `client_no_cache`, `vary`, `key`",
     );
     check_err(
         &GOOD.replace("jitter: 0.1", "jitter: 2"),

@@ -22,7 +22,7 @@ use http_cache_semantics::{AfterResponse, CachePolicy};
 use crate::app::AppState;
 use crate::cache::entry::{vary_values, Freshness};
 use crate::cache::lock::{Lock, WaitError};
-use crate::cache::policy::{self, Exchange, Storability};
+use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, Storability};
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
 use crate::config::Route;
 use crate::error::ProxyError;
@@ -82,6 +82,11 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     } else {
         unsafe_method(&state, route, &matched.params, inbound, body).await
     };
+    let mut resp = resp;
+    for field in policy::targeted_fields(&route.policy.targets) {
+        resp.headers_mut().remove(field.as_str());
+    }
+    resp.headers_mut().remove("surrogate-control");
     crate::telemetry::record_request(&route.template, &status, resp.status(), started.elapsed());
     resp
 }
@@ -94,28 +99,29 @@ async fn lookup_or_fetch(
     inbound: Inbound,
 ) -> (Response, CacheStatus) {
     let now = SystemTime::now();
-    let client_cc = ClientDirectives::parse(&inbound.parts.headers);
+    let client_cc = RequestDirectives::parse(&inbound.parts.headers);
     let found = state.lookup(key, &inbound.parts.headers).await;
 
     if let Some(entry) = &found {
         let show = |s: CacheStatus| with_key(s, route, key);
-        if client_cc.no_cache && just_validated(entry, now) {
-            let status = show(CacheStatus::hit(entry.ttl_secs(now)));
-            return (respond_entry(entry, &inbound, now, &status), status);
-        }
-        match entry.freshness(now) {
-            Freshness::Fresh if !client_cc.no_cache => {
+        let reuse = match policy::reuse(entry, &client_cc, &route.policy, now) {
+            // A flood of revalidating clients shares one fresh confirmation.
+            Reuse::Revalidate if just_validated(entry, now) => Reuse::Fresh,
+            other => other,
+        };
+        match reuse {
+            Reuse::Fresh => {
                 let status = show(CacheStatus::hit(entry.ttl_secs(now)));
                 return (respond_entry(entry, &inbound, now, &status), status);
             }
-            Freshness::Stale if !client_cc.no_cache => {
+            Reuse::Stale => {
                 refresh::spawn(state, route, key, entry.clone(), &inbound);
                 let status = show(
                     CacheStatus::hit(entry.ttl_secs(now)).with_detail(Detail::StaleWhileRevalidate),
                 );
                 return (respond_entry(entry, &inbound, now, &status), status);
             }
-            _ => {}
+            Reuse::Revalidate => {}
         }
     }
     if client_cc.only_if_cached {
@@ -124,10 +130,10 @@ async fn lookup_or_fetch(
             CacheStatus::forward(Fwd::Miss),
         );
     }
-    let fwd = match (&found, client_cc.no_cache) {
-        (_, true) => Fwd::Request,
-        (Some(_), false) => Fwd::Stale,
-        (None, false) => Fwd::Miss,
+    let fwd = match &found {
+        Some(entry) if entry.freshness(now) == Freshness::Fresh => Fwd::Request,
+        Some(_) => Fwd::Stale,
+        None => Fwd::Miss,
     };
     if state.hit_for_miss.contains_key(key) {
         let status = CacheStatus::forward(fwd).with_detail(Detail::HitForMiss);
@@ -373,14 +379,8 @@ pub async fn fetch(
         }
     }
 
-    let policy = CachePolicy::new_options(&request_parts, &parts, now, policy::cache_options());
-    let exchange = Exchange {
-        request_headers: &inbound.parts.headers,
-        status: parts.status,
-        response_headers: &parts.headers,
-    };
-    let jitter = rand::random::<f64>() * 2.0 - 1.0;
-    let lifetimes = match policy::decide(&route.policy, &policy, &exchange, now, jitter) {
+    let (policy, storability) = evaluate(route, &request_parts, parts.status, &parts.headers, now);
+    let lifetimes = match storability {
         Storability::Store(l) => l,
         Storability::DoNotStore(reason) => {
             status.detail = Some(reason);
@@ -434,6 +434,17 @@ pub async fn fetch(
 
     let vary = variant_names(route, &parts.headers);
     parts.headers.remove(header::AGE);
+    // `private="f"` / `no-cache="f"`: f is for this client only, never stored.
+    let mut withheld = HeaderMap::new();
+    let effective = policy::effective_headers(&parts.headers, &route.policy.targets);
+    for field in policy::Directives::parse(&effective).strip_fields {
+        if let Ok(name) = HeaderName::try_from(field) {
+            for v in parts.headers.get_all(&name) {
+                withheld.append(name.clone(), v.clone());
+            }
+            parts.headers.remove(&name);
+        }
+    }
     let entry = Arc::new(CacheEntry::new(
         parts.status,
         parts.headers,
@@ -449,7 +460,10 @@ pub async fn fetch(
     }
     state.hit_for_miss.invalidate(key);
     status.ttl = Some(entry.ttl_secs(now));
-    let response = respond_entry(&entry, inbound, now, &status);
+    let mut response = respond_entry(&entry, inbound, now, &status);
+    for (name, value) in &withheld {
+        response.headers_mut().append(name, value.clone());
+    }
     let fwd_status = entry.status;
     Fetched {
         response,
@@ -501,31 +515,44 @@ fn renew(
             headers.append(name.clone(), value.clone());
         }
     }
-    let mut response = http::Response::new(());
-    *response.status_mut() = old.status;
-    *response.headers_mut() = headers;
-    let (merged, ()) = response.into_parts();
-    let policy = CachePolicy::new_options(request, &merged, now, policy::cache_options());
-    let exchange = Exchange {
-        request_headers: &request.headers,
-        status: old.status,
-        response_headers: &merged.headers,
-    };
-    let jitter = rand::random::<f64>() * 2.0 - 1.0;
-    let Storability::Store(lifetimes) =
-        policy::decide(&route.policy, &policy, &exchange, now, jitter)
-    else {
+    let (policy, storability) = evaluate(route, request, old.status, &headers, now);
+    let Storability::Store(lifetimes) = storability else {
         return None;
     };
     Some(CacheEntry::new(
         old.status,
-        merged.headers,
+        headers,
         old.body.clone(),
         policy,
         now,
         lifetimes,
         old.vary.clone(),
     ))
+}
+
+/// Reads a response as this cache must (targeted fields first) and decides whether and
+/// how long to keep it.
+fn evaluate(
+    route: &Route,
+    request: &Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> (CachePolicy, Storability) {
+    let effective = policy::effective_headers(headers, &route.policy.targets);
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = effective.into_owned();
+    let (response, ()) = response.into_parts();
+    let policy = CachePolicy::new_options(request, &response, now, policy::cache_options());
+    let exchange = Exchange {
+        request_headers: &request.headers,
+        status,
+        response_headers: &response.headers,
+    };
+    let jitter = rand::random::<f64>() * 2.0 - 1.0;
+    let storability = policy::decide(&route.policy, &policy, &exchange, now, jitter);
+    (policy, storability)
 }
 
 /// The request as the cache sees it: a GET for the same URL and headers.
@@ -647,49 +674,21 @@ async fn unsafe_method(
         &route.key,
     );
     let safe = matches!(inbound.parts.method, Method::OPTIONS | Method::TRACE);
+    let host = inbound
+        .parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
     let status = CacheStatus::forward(Fwd::Bypass).with_detail(Detail::Method);
     let (resp, status) = forward(state, route, inbound, body, status).await;
     if !safe && (resp.status().is_success() || resp.status().is_redirection()) {
         state.invalidate(&key).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(other) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
-                state.invalidate_url(other).await;
+                state.invalidate_url(other, host.as_deref()).await;
             }
         }
     }
     (resp, status)
-}
-
-/// Request Cache-Control directives cachegate acts on (RFC 9111 §5.2.1).
-#[derive(Debug, Default, Clone, Copy)]
-struct ClientDirectives {
-    no_cache: bool,
-    only_if_cached: bool,
-}
-
-impl ClientDirectives {
-    fn parse(headers: &HeaderMap) -> Self {
-        let mut d = ClientDirectives::default();
-        let cc: Vec<&str> = headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
-        if cc.is_empty() {
-            d.no_cache = headers
-                .get_all(header::PRAGMA)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|v| v.contains("no-cache")));
-        }
-        for directive in cc {
-            match directive.to_ascii_lowercase().as_str() {
-                "no-cache" | "max-age=0" => d.no_cache = true,
-                "only-if-cached" => d.only_if_cached = true,
-                _ => {}
-            }
-        }
-        d
-    }
 }

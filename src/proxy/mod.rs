@@ -281,37 +281,7 @@ pub async fn fetch(
     fwd: Fwd,
 ) -> Fetched {
     let upstream = state.origins.upstream(route.upstream);
-    let mut headers = inbound.parts.headers.clone();
-    // The response is for the cache, not only this client: ask unconditionally, or with
-    // the stored validators so a 304 renews the entry.
-    for name in [
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_MATCH,
-        header::IF_UNMODIFIED_SINCE,
-        header::IF_RANGE,
-        header::RANGE,
-    ] {
-        headers.remove(name);
-    }
-    if let Some(entry) = &stale {
-        if let Some(etag) = entry.headers.get(header::ETAG) {
-            headers.insert(header::IF_NONE_MATCH, etag.clone());
-        }
-        if let Some(lm) = entry.headers.get(header::LAST_MODIFIED) {
-            headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
-        }
-    }
-    let req = origin::outbound(
-        upstream,
-        Method::GET,
-        &inbound.parts.uri,
-        &headers,
-        inbound.client,
-        Body::empty(),
-    );
-    crate::telemetry::record_origin_request(&route.template, "fetch");
-    let sent = state.origins.send(route.upstream, req).await;
+    let sent = send_for_cache(state, route, inbound, stale.as_deref()).await;
     let now = SystemTime::now();
     let mut status = with_key(CacheStatus::forward(fwd), route, key);
 
@@ -357,7 +327,7 @@ pub async fn fetch(
         }
     }
 
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
     origin::strip_hop_by_hop(&mut parts.headers);
     let request_parts = cache_request(&inbound.parts);
 
@@ -365,8 +335,7 @@ pub async fn fetch(
         if let Some(old) = &stale {
             if let Some(renewed) = renew(route, old, &request_parts, &parts, now) {
                 let renewed = Arc::new(renewed);
-                state.store_entry(key, renewed.clone()).await;
-                status.stored = true;
+                status.stored = state.store_entry(key, renewed.clone()).await;
                 status.ttl = Some(renewed.ttl_secs(now));
                 status.detail = Some(Detail::NotModified);
                 let response = respond_entry(&renewed, inbound, now, &status);
@@ -375,6 +344,25 @@ pub async fn fetch(
                     status,
                     shared: Shared::Entry(renewed, StatusCode::NOT_MODIFIED),
                 };
+            }
+            // A 304 for another validator cannot be applied (RFC 9111 §4.3.4), and this
+            // client sent no conditional: ask again, unconditionally.
+            match send_for_cache(state, route, inbound, None).await {
+                Ok(resp) => {
+                    status.fwd_status = Some(resp.status().as_u16());
+                    (parts, body) = resp.into_parts();
+                    origin::strip_hop_by_hop(&mut parts.headers);
+                }
+                Err(error) => {
+                    return Fetched {
+                        response: error_response(error.clone(), &status),
+                        status,
+                        shared: Shared::Failed {
+                            fwd_status: None,
+                            error,
+                        },
+                    };
+                }
             }
         }
     }
@@ -470,6 +458,46 @@ pub async fn fetch(
         status,
         shared: Shared::Entry(entry, fwd_status),
     }
+}
+
+/// Sends the GET the cache needs: unconditional, or with `stale`'s validators so a 304
+/// renews it. The client's own conditionals and ranges are answered from the result.
+async fn send_for_cache(
+    state: &AppState,
+    route: &Route,
+    inbound: &Inbound,
+    stale: Option<&CacheEntry>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ProxyError> {
+    let mut headers = inbound.parts.headers.clone();
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+    ] {
+        headers.remove(name);
+    }
+    if let Some(entry) = stale {
+        if let Some(etag) = entry.headers.get(header::ETAG) {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(lm) = entry.headers.get(header::LAST_MODIFIED) {
+            headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        }
+    }
+    let upstream = state.origins.upstream(route.upstream);
+    let req = origin::outbound(
+        upstream,
+        Method::GET,
+        &inbound.parts.uri,
+        &headers,
+        inbound.client,
+        Body::empty(),
+    );
+    crate::telemetry::record_origin_request(&route.template, "fetch");
+    state.origins.send(route.upstream, req).await
 }
 
 /// The route's key headers plus the response's `Vary` (already checked not to be `*`).

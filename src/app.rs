@@ -7,9 +7,11 @@ use axum::Router;
 use http::HeaderMap;
 
 use crate::cache::lock::Locks;
+use crate::cache::purge::{Mode, Selector};
 use crate::cache::store::{self, Lease, Store};
 use crate::cache::CacheEntry;
 use crate::config::Config;
+use crate::error::ProxyError;
 use crate::proxy::origin::Origins;
 use crate::proxy::route::RouteTable;
 use crate::proxy::{self, key, Shared};
@@ -131,6 +133,46 @@ impl AppState {
             }
         }
         None
+    }
+
+    /// The cache key a path (with query) maps to, if its route caches.
+    pub fn key_for(&self, path_and_query: &str) -> Option<String> {
+        let uri = path_and_query.parse::<http::Uri>().ok()?;
+        let m = self.routes.find(uri.path())?;
+        let route = &self.config.routes[m.route];
+        route
+            .cache
+            .then(|| key::cache_key(&route.template, &m.params, uri.query(), &route.key))
+    }
+
+    /// Applies a purge to the store; the count of keys it reached.
+    pub async fn purge(
+        &self,
+        selector: &Selector,
+        mode: Mode,
+    ) -> Result<u64, crate::cache::store::StoreError> {
+        let purged = self.store.purge(selector, mode).await;
+        tracing::info!(?selector, ?mode, ?purged, "purge");
+        purged
+    }
+
+    /// Whether `presented` is the admin token. Constant-time in the token's length, so
+    /// response times do not reveal a matching prefix.
+    pub fn admin_token_ok(&self, presented: Option<&str>) -> Result<(), ProxyError> {
+        let Some(expected) = self.config.admin.token.as_deref() else {
+            return Err(ProxyError::PurgeDisabled);
+        };
+        let presented = presented.unwrap_or("").as_bytes();
+        let expected = expected.as_bytes();
+        let mut diff = presented.len() ^ expected.len();
+        for (i, b) in expected.iter().enumerate() {
+            diff |= usize::from(b ^ presented.get(i).copied().unwrap_or(0));
+        }
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err(ProxyError::Unauthorized)
+        }
     }
 
     /// Invalidates the entry a same-origin URL (`Location`, `Content-Location`) names:

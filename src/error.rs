@@ -22,6 +22,10 @@ pub enum ProxyError {
     Upstream(String),
     #[error("authentication required")]
     Unauthorized,
+    #[error("purge is disabled")]
+    PurgeDisabled,
+    #[error("store failed: {0}")]
+    Store(String),
 }
 
 /// Who caused a failure, for logs and metrics.
@@ -41,6 +45,8 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::PurgeDisabled => StatusCode::FORBIDDEN,
+            ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -64,6 +70,10 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "origin did not answer in time",
             ProxyError::Upstream(_) => "origin failed",
             ProxyError::Unauthorized => "a valid admin token is required",
+            ProxyError::PurgeDisabled => {
+                "purge is disabled: set admin.token or CACHEGATE_ADMIN_TOKEN"
+            }
+            ProxyError::Store(_) => "the store could not apply the purge; try again",
         }
     }
 }

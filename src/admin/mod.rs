@@ -1,4 +1,4 @@
-//! The admin listener: liveness, readiness and Prometheus metrics.
+//! The admin listener: liveness, readiness, Prometheus metrics and purges.
 
 use std::sync::Arc;
 
@@ -7,8 +7,12 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use axum::response::{IntoResponse, Response};
+
 use crate::app::AppState;
+use crate::cache::purge::{Mode, Selector};
 use crate::cache::store::Health;
+use crate::error::ProxyError;
 
 #[derive(Clone)]
 struct Admin {
@@ -21,6 +25,7 @@ pub fn router(state: Arc<AppState>, metrics: Option<PrometheusHandle>) -> Router
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
+        .route("/purge", axum::routing::post(purge))
         .with_state(Admin { state, metrics })
 }
 
@@ -41,4 +46,90 @@ async fn render_metrics(State(admin): State<Admin>) -> String {
         .as_ref()
         .map(|m| m.render())
         .unwrap_or_default()
+}
+
+/// `POST /purge?url=/users/1 | route=/users/{id} | tag=user-1 | prefix=/users/[&mode=soft]`
+/// with `Authorization: Bearer TOKEN`. Deploy pipelines call this.
+async fn purge(State(admin): State<Admin>, req: axum::extract::Request) -> Response {
+    let state = &admin.state;
+    if let Err(e) = state.admin_token_ok(bearer(req.headers())) {
+        return e.into_response();
+    }
+    let query = req.uri().query().unwrap_or("");
+    let mut selector = None;
+    let mut mode = Mode::Hard;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8_lossy()
+            .into_owned();
+        let chosen = match name {
+            "url" => match state.key_for(&value) {
+                Some(key) => Some(Selector::Key(key)),
+                None => {
+                    return ProxyError::BadRequest("url: no caching route matches it")
+                        .into_response()
+                }
+            },
+            "route" => Some(Selector::Route(value)),
+            "tag" => Some(Selector::Tag(value)),
+            "prefix" => Some(Selector::Prefix(value)),
+            "mode" => {
+                mode = match value.as_str() {
+                    "hard" => Mode::Hard,
+                    "soft" => Mode::Soft,
+                    _ => {
+                        return ProxyError::BadRequest("mode: expected hard or soft")
+                            .into_response()
+                    }
+                };
+                None
+            }
+            _ => {
+                return ProxyError::BadRequest("expected one of url, route, tag, prefix (and mode)")
+                    .into_response()
+            }
+        };
+        if chosen.is_some() {
+            if selector.is_some() {
+                return ProxyError::BadRequest("give exactly one of url, route, tag, prefix")
+                    .into_response();
+            }
+            selector = chosen;
+        }
+    }
+    let Some(selector) = selector else {
+        return ProxyError::BadRequest("give exactly one of url, route, tag, prefix")
+            .into_response();
+    };
+    purge_response(state, &selector, mode).await
+}
+
+/// Runs a purge and renders `{"purged":N,"mode":"hard"}`.
+pub async fn purge_response(state: &AppState, selector: &Selector, mode: Mode) -> Response {
+    match state.purge(selector, mode).await {
+        Ok(n) => {
+            let mode = match mode {
+                Mode::Hard => "hard",
+                Mode::Soft => "soft",
+            };
+            let mut resp = format!("{{\"purged\":{n},\"mode\":\"{mode}\"}}\n").into_response();
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => ProxyError::Store(e.to_string()).into_response(),
+    }
+}
+
+/// The token from `Authorization: Bearer TOKEN`.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }

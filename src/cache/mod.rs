@@ -4,6 +4,7 @@
 pub mod entry;
 pub mod lock;
 pub mod policy;
+pub mod purge;
 pub mod status;
 pub mod store;
 

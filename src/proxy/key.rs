@@ -72,6 +72,37 @@ pub fn cache_key(
     key
 }
 
+/// The route template a key was built for.
+pub fn template_of(key: &str) -> &str {
+    key.split('|').next().unwrap_or(key)
+}
+
+/// The request path a key stands for: its template with the parameters put back.
+/// `None` when the key is not of this format.
+pub fn path_of(key: &str) -> Option<String> {
+    let mut parts = key.split('|');
+    let template = parts.next()?;
+    let params: Vec<(String, String)> = parts
+        .next()?
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let (n, v) = p.split_once('=')?;
+            Some((
+                decode(n),
+                percent_decode_str(v).decode_utf8_lossy().into_owned(),
+            ))
+        })
+        .collect();
+    let mut path = template.to_string();
+    for (name, value) in params {
+        for pattern in [format!("{{*{name}}}"), format!("{{{name}}}")] {
+            path = path.replace(&pattern, &value);
+        }
+    }
+    Some(path)
+}
+
 fn push_pair(key: &mut String, name: &str, value: &str) {
     key.extend(utf8_percent_encode(name, COMPONENT));
     key.push('=');
@@ -111,6 +142,19 @@ mod tests {
         check(Some("fields=a%2Cb"), "/users/{id}|id=42|fields=a,b");
         check(Some("fields=a,b&b=2"), "/users/{id}|id=42|b=2&fields=a,b");
         check(Some("b=2&fields=a,b"), "/users/{id}|id=42|b=2&fields=a,b");
+    }
+
+    #[test]
+    fn paths_are_recovered_from_keys() {
+        let s = spec(&["a"]);
+        let k = cache_key(
+            "/users/{id}/posts/{*rest}",
+            &params(&[("id", "4|2"), ("rest", "a/b c")]),
+            Some("a=1"),
+            &s,
+        );
+        assert_eq!(template_of(&k), "/users/{id}/posts/{*rest}");
+        assert_eq!(path_of(&k).as_deref(), Some("/users/4|2/posts/a/b c"));
     }
 
     #[test]

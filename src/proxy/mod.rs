@@ -23,6 +23,7 @@ use crate::app::AppState;
 use crate::cache::entry::{vary_values, Freshness};
 use crate::cache::lock::{Lock, WaitError};
 use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, Storability};
+use crate::cache::purge::{Mode, Selector};
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
 use crate::config::Route;
 use crate::error::ProxyError;
@@ -57,6 +58,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
+    if parts.method.as_str() == "PURGE" {
+        return purge_url(&state, &parts).await;
+    }
     let Some(matched) = state.routes.find(parts.uri.path()) else {
         return ProxyError::NoRoute.into_response();
     };
@@ -89,6 +93,28 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     resp.headers_mut().remove("surrogate-control");
     crate::telemetry::record_request(&route.template, &status, resp.status(), started.elapsed());
     resp
+}
+
+/// `PURGE /path?query` with the admin token: every variant of that URL's entry;
+/// `Purge-Mode: soft` marks it stale instead of removing it.
+async fn purge_url(state: &AppState, parts: &Parts) -> Response {
+    if let Err(e) = state.admin_token_ok(crate::admin::bearer(&parts.headers)) {
+        return e.into_response();
+    }
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let Some(key) = state.key_for(target) else {
+        return ProxyError::NoRoute.into_response();
+    };
+    let soft = parts
+        .headers
+        .get("purge-mode")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"soft"));
+    let mode = if soft { Mode::Soft } else { Mode::Hard };
+    crate::admin::purge_response(state, &Selector::Key(key), mode).await
 }
 
 /// GET and HEAD: serve from the store when possible, else fetch once for everyone.

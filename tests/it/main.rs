@@ -7,6 +7,7 @@ mod cli;
 mod coalescing;
 mod forwarding;
 mod keys;
+mod purge;
 mod rfc9110_ranges;
 mod rfc9111_freshness;
 mod rfc9111_invalidation;

@@ -10,6 +10,7 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use super::{Store, StoreError, MAX_VARIANTS};
+use crate::cache::purge::{soften, Mode, Selector};
 use crate::cache::CacheEntry;
 
 /// The variants of one key, newest first. Replaced whole on every write (copy-on-write),
@@ -106,6 +107,34 @@ impl Store for MemoryStore {
 
     async fn remove(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.cache.remove(key).await.is_some())
+    }
+
+    async fn purge(&self, selector: &Selector, mode: Mode) -> Result<u64, StoreError> {
+        let now = SystemTime::now();
+        let selected: Vec<(Arc<String>, Variants)> = self
+            .cache
+            .iter()
+            .filter(|(key, variants)| variants.iter().any(|e| selector.matches(key, e)))
+            .collect();
+        for (key, variants) in &selected {
+            match mode {
+                Mode::Hard => self.cache.invalidate(key.as_str()).await,
+                Mode::Soft => {
+                    let softened = variants
+                        .iter()
+                        .map(|e| {
+                            if selector.matches(key, e) {
+                                Arc::new(soften(e, now))
+                            } else {
+                                e.clone()
+                            }
+                        })
+                        .collect();
+                    self.cache.insert(key.to_string(), Arc::new(softened)).await;
+                }
+            }
+        }
+        Ok(selected.len() as u64)
     }
 
     fn name(&self) -> &'static str {

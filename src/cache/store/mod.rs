@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::HeaderMap;
 
+use super::purge::{Mode, Selector};
 use super::CacheEntry;
 
 pub use memory::MemoryStore;
@@ -53,6 +54,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes every variant of `key`; true when something was there.
     async fn remove(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Removes (hard) or marks stale (soft) every entry `selector` reaches; returns how
+    /// many keys it touched. Fleet stores make the purge visible to every replica.
+    async fn purge(&self, selector: &Selector, mode: Mode) -> Result<u64, StoreError> {
+        let _ = (selector, mode);
+        Err(StoreError {
+            op: "purge",
+            message: format!("the {} store cannot purge yet", self.name()),
+        })
+    }
 
     /// Takes the fleet-wide right to fetch `key` for at most `ttl`, so one replica of a
     /// fleet asks the origin while the others wait for (or keep serving) the entry.

@@ -10,6 +10,9 @@ use http_cache_semantics::CachePolicy;
 
 use super::policy::Lifetimes;
 
+/// How long past its soft TTL an entry with validators is kept for revalidation.
+pub const REVALIDATION_TAIL: Duration = Duration::from_secs(600);
+
 /// One stored variant of a cache key.
 #[derive(Debug, Clone)]
 pub struct CacheEntry {
@@ -94,9 +97,16 @@ impl CacheEntry {
         self.policy.age(now)
     }
 
-    /// When the store may drop the entry: nothing can use it after this.
+    /// When the store may drop the entry: nothing can use it after this. An entry with
+    /// validators stays a while longer so the next fetch can be a conditional request
+    /// (a 304 renews it without re-sending the body; `no-cache` entries rely on this).
     pub fn keep_until(&self) -> SystemTime {
-        self.stale_until.max(self.error_until).max(self.fresh_until)
+        let usable = self.stale_until.max(self.error_until).max(self.fresh_until);
+        if self.headers.contains_key(ETAG) || self.headers.contains_key(LAST_MODIFIED) {
+            usable.max(self.fresh_until + REVALIDATION_TAIL)
+        } else {
+            usable
+        }
     }
 
     /// Whether `request` selects this variant.
@@ -235,5 +245,202 @@ mod tests {
         check("br,gzip;q=0.8,  deflate", "br,deflate,gzip");
         check("br;q=0, gzip", "gzip");
         check("x-custom", "identity");
+    }
+}
+
+/// The stored-bytes format version. It is also part of the Redis key namespace
+/// (`{prefix}v1:`), so a build with a new format never reads an old one's bytes.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Everything but the body, in postcard. The body follows raw: it is most of the bytes
+/// and needs no framing beyond "the rest".
+#[derive(serde::Serialize)]
+struct WireHead<'a> {
+    status: u16,
+    headers: Vec<(&'a str, &'a [u8])>,
+    policy: &'a CachePolicy,
+    /// Times as (seconds, nanoseconds) since the epoch: full precision, so "stored after"
+    /// comparisons between replicas see the same order as in memory.
+    stored_at: (u64, u32),
+    fresh_until: (u64, u32),
+    stale_until: (u64, u32),
+    error_until: (u64, u32),
+    vary: Vec<(&'a str, Option<&'a str>)>,
+    tags: &'a [String],
+    /// Lets `decode` tell a truncated value from a short body.
+    body_len: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct WireHeadOwned {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    policy: CachePolicy,
+    stored_at: (u64, u32),
+    fresh_until: (u64, u32),
+    stale_until: (u64, u32),
+    error_until: (u64, u32),
+    vary: Vec<(String, Option<String>)>,
+    tags: Vec<String>,
+    body_len: u64,
+}
+
+fn to_wire_time(t: SystemTime) -> (u64, u32) {
+    let d = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    (d.as_secs(), d.subsec_nanos())
+}
+
+fn from_wire_time((secs, nanos): (u64, u32)) -> Option<SystemTime> {
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// The entry as stored bytes: `[version][head length: u32 BE][postcard head][body]`.
+pub fn encode(entry: &CacheEntry) -> Vec<u8> {
+    let head = WireHead {
+        status: entry.status.as_u16(),
+        headers: entry
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect(),
+        policy: &entry.policy,
+        stored_at: to_wire_time(entry.stored_at),
+        fresh_until: to_wire_time(entry.fresh_until),
+        stale_until: to_wire_time(entry.stale_until),
+        error_until: to_wire_time(entry.error_until),
+        vary: entry
+            .vary
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect(),
+        tags: &entry.tags,
+        body_len: entry.body.len() as u64,
+    };
+    // Serializing plain data into a Vec cannot fail; an empty head would decode as None.
+    let head = postcard::to_allocvec(&head).unwrap_or_default();
+    let mut out = Vec::with_capacity(5 + head.len() + entry.body.len());
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&entry.body);
+    out
+}
+
+/// The entry `encode` wrote; None for anything else (another version, truncated or
+/// corrupt bytes), which callers read as a miss.
+pub fn decode(bytes: &[u8]) -> Option<CacheEntry> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != FORMAT_VERSION || rest.len() < 4 {
+        return None;
+    }
+    let (len, rest) = rest.split_at(4);
+    let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+    if rest.len() < len {
+        return None;
+    }
+    let (head, body) = rest.split_at(len);
+    let head: WireHeadOwned = postcard::from_bytes(head).ok()?;
+    if head.body_len != body.len() as u64 {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    for (name, value) in head.headers {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            http::HeaderValue::from_bytes(&value).ok()?,
+        );
+    }
+    let mut vary = Vec::with_capacity(head.vary.len());
+    for (name, value) in head.vary {
+        vary.push((HeaderName::from_bytes(name.as_bytes()).ok()?, value));
+    }
+    Some(CacheEntry {
+        status: StatusCode::from_u16(head.status).ok()?,
+        headers,
+        body: Bytes::copy_from_slice(body),
+        policy: head.policy,
+        stored_at: from_wire_time(head.stored_at)?,
+        fresh_until: from_wire_time(head.fresh_until)?,
+        stale_until: from_wire_time(head.stale_until)?,
+        error_until: from_wire_time(head.error_until)?,
+        vary,
+        tags: head.tags,
+    })
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+
+    fn sample() -> CacheEntry {
+        let mut req = http::Request::new(());
+        *req.uri_mut() = "/users/1".parse().unwrap();
+        req.headers_mut()
+            .insert("accept-language", "en".parse().unwrap());
+        let mut resp = http::Response::new(());
+        resp.headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        resp.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+        resp.headers_mut()
+            .insert("x-bin", http::HeaderValue::from_bytes(b"\xff ok").unwrap());
+        resp.headers_mut()
+            .insert("surrogate-key", "users user-1".parse().unwrap());
+        let now = SystemTime::now();
+        let policy = CachePolicy::new(&req.into_parts().0, &resp);
+        CacheEntry::new(
+            StatusCode::OK,
+            resp.headers().clone(),
+            Bytes::from_static(b"\x00body\xff"),
+            policy,
+            now,
+            Lifetimes {
+                fresh: Duration::from_secs(60),
+                stale: Duration::from_secs(30),
+                stale_if_error: Duration::from_secs(300),
+            },
+            vec![
+                (
+                    HeaderName::from_static("accept-language"),
+                    Some("en".into()),
+                ),
+                (HeaderName::from_static("x-none"), None),
+            ],
+        )
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let e = sample();
+        let d = decode(&encode(&e)).expect("decodes");
+        assert_eq!(d.status, e.status);
+        assert_eq!(d.headers, e.headers);
+        assert_eq!(d.body, e.body);
+        assert_eq!(d.stored_at, e.stored_at);
+        assert_eq!(d.fresh_until, e.fresh_until);
+        assert_eq!(d.stale_until, e.stale_until);
+        assert_eq!(d.error_until, e.error_until);
+        assert_eq!(d.vary, e.vary);
+        assert_eq!(d.tags, e.tags);
+        assert_eq!(d.etag(), Some("\"v1\""));
+        let now = SystemTime::now();
+        assert_eq!(d.policy.age(now), e.policy.age(now));
+    }
+
+    #[test]
+    fn garbage_and_other_versions_read_as_none() {
+        let bytes = encode(&sample());
+        assert!(decode(&[]).is_none());
+        assert!(decode(b"hello world").is_none());
+        let mut other = bytes.clone();
+        other[0] = FORMAT_VERSION + 1;
+        assert!(decode(&other).is_none());
+        for cut in [1, 3, 5, 20, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
     }
 }

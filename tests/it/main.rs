@@ -8,6 +8,7 @@ mod coalescing;
 mod forwarding;
 mod keys;
 mod purge;
+mod redis_store;
 mod rfc9110_ranges;
 mod rfc9111_freshness;
 mod rfc9111_invalidation;

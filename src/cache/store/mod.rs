@@ -2,6 +2,8 @@
 //! bytes are in this process or in Redis.
 
 pub mod memory;
+pub mod redis;
+pub mod tiered;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,8 @@ use super::purge::{Mode, Selector};
 use super::CacheEntry;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
+pub use tiered::TieredStore;
 
 use crate::config::{Backend, StoreConfig};
 
@@ -20,8 +24,12 @@ use crate::config::{Backend, StoreConfig};
 pub async fn build(config: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
     match &config.backend {
         Backend::Memory { max_size } => Ok(Arc::new(MemoryStore::new(*max_size))),
-        Backend::Redis(_) => {
-            anyhow::bail!("the redis store is not built yet; use store.backend: memory")
+        Backend::Redis(redis) => {
+            let l2 = RedisStore::connect(redis).await?;
+            if config.l1.max_size == 0 {
+                return Ok(Arc::new(l2));
+            }
+            Ok(Arc::new(TieredStore::new(&config.l1, l2)))
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod origin;
 pub mod proxy;
+pub mod redis;
 
 pub use origin::{Origin, Reply};
 pub use proxy::{Proxy, Resp};

@@ -1,0 +1,252 @@
+//! L1 (moka, in this process) in front of L2 (Redis, shared by the fleet). Hits on fresh
+//! entries never touch the network; Redis pub/sub keeps every replica's L1 honest.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use http::HeaderMap;
+use moka::future::Cache;
+use moka::Expiry;
+
+use super::redis::RedisStore;
+use super::{Health, Lease, Store, StoreError, MAX_VARIANTS};
+use crate::cache::CacheEntry;
+use crate::config::L1Config;
+
+/// The fresh variants of one key, newest first; replaced whole on every change.
+type Variants = Arc<Vec<Arc<CacheEntry>>>;
+
+pub struct TieredStore {
+    l1: Cache<String, Variants>,
+    l2: Arc<RedisStore>,
+    shared: Arc<Shared>,
+    /// The subscriber task; it ends with the store.
+    subscriber: tokio::task::JoinHandle<()>,
+}
+
+/// State the subscriber task and the request path both touch.
+struct Shared {
+    /// Bumped on every invalidation heard (and on a lost subscription). A lookup that
+    /// read L2 before an invalidation arrived must not put what it read into L1, or a
+    /// purge racing with the read would be undone.
+    epoch: AtomicU64,
+    /// Whether invalidations can reach us right now. While not, L1 is not filled from
+    /// L2: a replica must not keep copies it would not hear about.
+    subscribed: AtomicBool,
+}
+
+/// An L1 key lives until its last variant's soft TTL, and at most `max_ttl`: stale
+/// serving goes to L2, where the fleet-wide lease decides who refreshes.
+struct FreshFor {
+    max_ttl: Duration,
+}
+
+impl FreshFor {
+    fn ttl(&self, v: &Variants) -> Option<Duration> {
+        let until = v.iter().map(|e| e.fresh_until).max()?;
+        let left = until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Some(left.min(self.max_ttl))
+    }
+}
+
+impl Expiry<String, Variants> for FreshFor {
+    fn expire_after_create(&self, _: &String, v: &Variants, _: Instant) -> Option<Duration> {
+        self.ttl(v)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        v: &Variants,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.ttl(v)
+    }
+}
+
+impl TieredStore {
+    pub fn new(l1: &L1Config, l2: RedisStore) -> TieredStore {
+        let cache = Cache::builder()
+            .max_capacity(l1.max_size)
+            .weigher(|key: &String, v: &Variants| {
+                let bytes = key.len() + v.iter().map(|e| e.weight()).sum::<usize>();
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .expire_after(FreshFor {
+                max_ttl: l1.max_ttl,
+            })
+            .build();
+        let l2 = Arc::new(l2);
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            subscribed: AtomicBool::new(false),
+        });
+        let subscriber = tokio::spawn(subscribe(l2.clone(), cache.clone(), shared.clone()));
+        TieredStore {
+            l1: cache,
+            l2,
+            shared,
+            subscriber,
+        }
+    }
+
+    /// Whether invalidations are being received (tests wait for it before relying on L1).
+    pub fn subscribed(&self) -> bool {
+        self.shared.subscribed.load(Ordering::Acquire)
+    }
+
+    fn fresh(entries: &[Arc<CacheEntry>], now: SystemTime) -> Vec<Arc<CacheEntry>> {
+        entries
+            .iter()
+            .filter(|e| e.fresh_until > now)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for TieredStore {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
+}
+
+/// Listens for invalidations for as long as the store lives. Losing the subscription
+/// clears L1 (we may miss messages from now on), and so does regaining it (we may have
+/// missed some in between).
+async fn subscribe(l2: Arc<RedisStore>, l1: Cache<String, Variants>, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(50);
+    let own = l2.node_id().to_string();
+    loop {
+        let mut pubsub = match l2.pubsub().await {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::debug!(%error, "redis subscribe failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if let Err(error) = pubsub.subscribe(l2.channel()).await {
+            tracing::debug!(%error, "redis subscribe failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        }
+        backoff = Duration::from_millis(50);
+        shared.epoch.fetch_add(1, Ordering::AcqRel);
+        l1.invalidate_all();
+        shared.subscribed.store(true, Ordering::Release);
+        tracing::debug!(channel = l2.channel(), "subscribed to L1 invalidations");
+
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            let payload = msg.get_payload_bytes();
+            // `<16 hex digits of the sender><cache key>`; anything else is not ours.
+            let (Some(sender), Some(key)) = (payload.get(..16), payload.get(16..)) else {
+                continue;
+            };
+            if sender == own.as_bytes() {
+                continue;
+            }
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            shared.epoch.fetch_add(1, Ordering::AcqRel);
+            l1.invalidate(key).await;
+        }
+        shared.subscribed.store(false, Ordering::Release);
+        shared.epoch.fetch_add(1, Ordering::AcqRel);
+        l1.invalidate_all();
+        tracing::warn!("lost the redis invalidation subscription; L1 cleared, resubscribing");
+    }
+}
+
+#[async_trait]
+impl Store for TieredStore {
+    async fn lookup(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+    ) -> Result<Option<Arc<CacheEntry>>, StoreError> {
+        let now = SystemTime::now();
+        if let Some(variants) = self.l1.get(key).await {
+            if let Some(e) = variants
+                .iter()
+                .find(|e| e.fresh_until > now && e.matches(request))
+            {
+                return Ok(Some(e.clone()));
+            }
+        }
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        let all = self.l2.lookup_all(key).await?;
+        let found = all.iter().find(|e| e.matches(request)).cloned();
+        let fresh = Self::fresh(&all, now);
+        if !fresh.is_empty()
+            && self.subscribed()
+            && self.shared.epoch.load(Ordering::Acquire) == epoch
+        {
+            self.l1.insert(key.to_string(), Arc::new(fresh)).await;
+        }
+        Ok(found)
+    }
+
+    async fn insert(&self, key: &str, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
+        // L2 first: once L1 has it, this replica's readers see it, and the fleet should
+        // not be behind this replica.
+        let written = self.l2.insert(key, entry.clone()).await;
+        let now = SystemTime::now();
+        if entry.fresh_until > now {
+            self.l1
+                .entry_by_ref(key)
+                .and_upsert_with(|old| {
+                    let mut variants = vec![entry.clone()];
+                    if let Some(old) = old {
+                        variants.extend(
+                            old.into_value()
+                                .iter()
+                                .filter(|e| e.vary != entry.vary && e.fresh_until > now)
+                                .take(MAX_VARIANTS - 1)
+                                .cloned(),
+                        );
+                    }
+                    std::future::ready(Arc::new(variants))
+                })
+                .await;
+            // While Redis fails, L1 still serves what this replica fetched (bounded by
+            // `max_ttl`), so the write is not lost to this replica's readers.
+            if let Err(error) = written {
+                tracing::debug!(%error, key, "L2 write failed; kept in L1 only");
+            }
+            return Ok(());
+        }
+        written
+    }
+
+    async fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        let in_l1 = self.l1.remove(key).await.is_some();
+        let removed = self.l2.remove(key).await?;
+        Ok(removed || in_l1)
+    }
+
+    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<Lease, StoreError> {
+        self.l2.acquire_lease(key, ttl).await
+    }
+
+    async fn release_lease(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        self.l2.release_lease(key, token).await
+    }
+
+    fn health(&self) -> Health {
+        self.l2.health()
+    }
+
+    fn name(&self) -> &'static str {
+        "redis+l1"
+    }
+}

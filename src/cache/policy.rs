@@ -355,6 +355,48 @@ pub fn cache_options() -> CacheOptions {
     }
 }
 
+/// The response as `http-cache-semantics` should read it, correcting three places where
+/// it is stricter than RFC 9111 for a shared cache:
+/// - `private="f"` / `no-cache="f"` only strip fields (cachegate strips them), yet the
+///   crate reads them as unqualified;
+/// - `proxy-revalidate` forbids stale reuse but not fresh reuse (§5.2.2.8), yet the
+///   crate gives it no freshness: read it as `must-revalidate`;
+/// - a status the crate does not know (e.g. 500, 403) with explicit freshness may be
+///   stored (§3), yet the crate refuses: it reads it as a 200 for freshness only.
+pub fn library_response(status: StatusCode, effective: &HeaderMap) -> http::response::Parts {
+    let list = directives(effective.get_all(CACHE_CONTROL));
+    let rewritten: Vec<String> = list
+        .iter()
+        .filter(|(name, arg)| !(arg.is_some() && (name == "private" || name == "no-cache")))
+        .map(|(name, arg)| match (name.as_str(), arg) {
+            ("proxy-revalidate", _) => "must-revalidate".to_string(),
+            (_, Some(a)) => format!("{name}={a}"),
+            (_, None) => name.clone(),
+        })
+        .collect();
+    let mut headers = effective.clone();
+    if !list.is_empty() {
+        headers.remove(CACHE_CONTROL);
+        if let Ok(v) = http::HeaderValue::from_str(&rewritten.join(", ")) {
+            headers.insert(CACHE_CONTROL, v);
+        }
+    }
+    let cc = Directives::parse(&headers);
+    let explicit = cc.s_maxage || cc.max_age || headers.contains_key(EXPIRES);
+    let understood = matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    );
+    let mut response = http::Response::new(());
+    *response.status_mut() = if !understood && explicit && status != StatusCode::PARTIAL_CONTENT {
+        StatusCode::OK
+    } else {
+        status
+    };
+    *response.headers_mut() = headers;
+    response.into_parts().0
+}
+
 /// Decides whether and for how long a response may be stored.
 ///
 /// `jitter_sample` is a number in `[-1, 1]` drawn by the caller, so this stays pure.
@@ -509,7 +551,8 @@ mod tests {
         }
         let rs = rs.body(()).unwrap();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let policy = CachePolicy::new_options(&rq, &rs, now, cache_options());
+        let library = library_response(rs.status(), rs.headers());
+        let policy = CachePolicy::new_options(&rq, &library, now, cache_options());
         let ex = Exchange {
             request_headers: rq.headers(),
             status: rs.status(),
@@ -657,7 +700,7 @@ mod tests {
                 200,
                 &[("cache-control", "max-age=5, proxy-revalidate")]
             ),
-            Storability::DoNotStore(Detail::NoFreshness)
+            store(5, 0, 0)
         );
         assert_eq!(
             check(

@@ -151,10 +151,8 @@ async fn lookup_or_fetch(
         }
     }
     if client_cc.only_if_cached {
-        return (
-            ProxyError::NotCached.into_response(),
-            CacheStatus::forward(Fwd::Miss),
-        );
+        let status = CacheStatus::forward(Fwd::Miss);
+        return (error_response(ProxyError::NotCached, &status), status);
     }
     let fwd = match &found {
         Some(entry) if entry.freshness(now) == Freshness::Fresh => Fwd::Request,
@@ -594,15 +592,12 @@ fn evaluate(
     now: SystemTime,
 ) -> (CachePolicy, Storability) {
     let effective = policy::effective_headers(headers, &route.policy.targets);
-    let mut response = http::Response::new(());
-    *response.status_mut() = status;
-    *response.headers_mut() = effective.into_owned();
-    let (response, ()) = response.into_parts();
+    let response = policy::library_response(status, &effective);
     let policy = CachePolicy::new_options(request, &response, now, policy::cache_options());
     let exchange = Exchange {
         request_headers: &request.headers,
         status,
-        response_headers: &response.headers,
+        response_headers: &effective,
     };
     let jitter = rand::random::<f64>() * 2.0 - 1.0;
     let storability = policy::decide(&route.policy, &policy, &exchange, now, jitter);

@@ -230,7 +230,6 @@ async fn origin_errors_carry_cache_status() {
 }
 
 #[tokio::test]
-#[ignore = "known gap: the only-if-cached 504 is built by ProxyError::NotCached.into_response() without respond::finish, so it has no Cache-Status"]
 async fn only_if_cached_504_carries_cache_status() {
     let origin = Origin::start(|_| Reply::ok("x")).await;
     let p = Proxy::simple(&origin.url(), "ttl: 60s").await;

@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod coalescing;
+mod fleet;
 mod forwarding;
 mod keys;
 mod purge;

@@ -102,9 +102,14 @@ async fn uncacheable_statuses_are_not_stored_without_explicit_freshness() {
     let (hits, _, _) = twice(Reply::ok("gone").status(404), &[], "").await;
     assert_eq!(hits, 1, "404 is cacheable by default (RFC 9110 §15.1)");
     for status in [403, 500] {
-        let reply = Reply::ok("explicit").status(status).header("cache-control", "max-age=60");
+        let reply = Reply::ok("explicit")
+            .status(status)
+            .header("cache-control", "max-age=60");
         let (hits, _, second) = twice(reply, &[], "").await;
-        assert_eq!(hits, 1, "{status} with explicit freshness may be stored (RFC 9111 §3)");
+        assert_eq!(
+            hits, 1,
+            "{status} with explicit freshness may be stored (RFC 9111 §3)"
+        );
         assert!(second.starts_with("cachegate; hit"), "{second}");
     }
 }

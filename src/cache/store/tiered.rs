@@ -16,6 +16,9 @@ use super::{Health, Lease, Store, StoreError, MAX_VARIANTS};
 use crate::cache::CacheEntry;
 use crate::config::L1Config;
 
+/// How often the subscription is checked for life, and how long a check may take.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// The fresh variants of one key, newest first; replaced whole on every change.
 type Variants = Arc<Vec<Arc<CacheEntry>>>;
 
@@ -144,21 +147,36 @@ async fn subscribe(l2: Arc<RedisStore>, l1: Cache<String, Variants>, shared: Arc
         shared.subscribed.store(true, Ordering::Release);
         tracing::debug!(channel = l2.channel(), "subscribed to L1 invalidations");
 
-        let mut messages = pubsub.on_message();
-        while let Some(msg) = messages.next().await {
-            let payload = msg.get_payload_bytes();
-            // `<16 hex digits of the sender><cache key>`; anything else is not ours.
-            let (Some(sender), Some(key)) = (payload.get(..16), payload.get(16..)) else {
-                continue;
-            };
-            if sender == own.as_bytes() {
-                continue;
+        let (mut sink, mut messages) = pubsub.split();
+        // A silently dead link (no RST, e.g. a partition) never ends the stream: a
+        // periodic PING that goes unanswered counts as losing the subscription.
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else { break };
+                    let payload = msg.get_payload_bytes();
+                    // `<16 hex digits of the sender><cache key>`; anything else is not ours.
+                    let (Some(sender), Some(key)) = (payload.get(..16), payload.get(16..)) else {
+                        continue;
+                    };
+                    if sender == own.as_bytes() {
+                        continue;
+                    }
+                    let Ok(key) = std::str::from_utf8(key) else {
+                        continue;
+                    };
+                    shared.epoch.fetch_add(1, Ordering::AcqRel);
+                    l1.invalidate(key).await;
+                }
+                _ = heartbeat.tick() => {
+                    let ping = tokio::time::timeout(HEARTBEAT, sink.ping::<redis::Value>());
+                    if !matches!(ping.await, Ok(Ok(_))) {
+                        break;
+                    }
+                }
             }
-            let Ok(key) = std::str::from_utf8(key) else {
-                continue;
-            };
-            shared.epoch.fetch_add(1, Ordering::AcqRel);
-            l1.invalidate(key).await;
         }
         shared.subscribed.store(false, Ordering::Release);
         shared.epoch.fetch_add(1, Ordering::AcqRel);

@@ -1,5 +1,6 @@
-//! Logs (tracing) and metrics (Prometheus). Labels are route templates and cache
-//! outcomes, never raw paths, so cardinality stays bounded.
+//! Logs (tracing), traces (OpenTelemetry over OTLP/HTTP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set) and metrics (Prometheus). Metric labels are
+//! route templates and cache outcomes, never raw paths, so cardinality stays bounded.
 
 use std::time::Duration;
 
@@ -9,18 +10,110 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cache::CacheStatus;
 
-/// Structured logs to stderr; `RUST_LOG` filters, `CACHEGATE_LOG_FORMAT=json` for JSON lines.
-pub fn init_logging() {
+/// Flushes traces on drop; keep it alive for the life of the process.
+pub struct Telemetry {
+    tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Structured logs to stderr (`RUST_LOG` filters, `CACHEGATE_LOG_FORMAT=json` for JSON
+/// lines) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, a span per request exported
+/// over OTLP/HTTP with W3C trace context taken from clients and passed to origins.
+pub fn init() -> Telemetry {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     let json = std::env::var("CACHEGATE_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let plain = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    let (otel, provider) = match otlp_tracer() {
+        Ok(Some((layer, provider))) => (Some(layer), Some(provider)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("cachegate: OpenTelemetry disabled: {e:#}");
+            (None, None)
+        }
     };
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(plain)
+        .with(json)
+        .with(filter)
+        .try_init();
+    Telemetry { tracer: provider }
+}
+
+type OtelLayer = tracing_opentelemetry::OpenTelemetryLayer<
+    tracing_subscriber::Registry,
+    opentelemetry_sdk::trace::Tracer,
+>;
+
+fn otlp_tracer() -> anyhow::Result<Option<(OtelLayer, opentelemetry_sdk::trace::SdkTracerProvider)>>
+{
+    use opentelemetry::trace::TracerProvider as _;
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+        && std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+    {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("cachegate")
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("cachegate"));
+    Ok(Some((layer, provider)))
+}
+
+/// The span of one proxied request, continuing the client's trace (`traceparent`).
+pub fn request_span(
+    method: &http::Method,
+    route: &str,
+    headers: &http::HeaderMap,
+) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        http.request.method = %method,
+        http.route = route,
+        cache = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Adds the current span's trace context to an origin request.
+pub fn inject_trace_context(headers: &mut http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers))
+    });
 }
 
 /// Installs the global metrics recorder; the handle renders `/metrics`.

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use http::header;
 use http::request::Parts;
 use http::{Method, StatusCode};
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::cache::entry::Freshness;
@@ -66,10 +67,38 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         return ProxyError::NoRoute.into_response();
     };
     let route = &state.config.routes[matched.route];
+    let span = crate::telemetry::request_span(&parts.method, &route.template, &parts.headers);
     let inbound = Inbound { parts, client };
-    let (resp, status) = if !route.cache {
+    async {
+        let (mut resp, status) = dispatch(&state, route, &matched.params, inbound, body).await;
+        // Targeted fields are for caches, not for clients (RFC 9213 §2).
+        for field in policy::targeted_fields(&route.policy.targets) {
+            resp.headers_mut().remove(field.as_str());
+        }
+        resp.headers_mut().remove("surrogate-control");
+        crate::telemetry::record_request(
+            &route.template,
+            &status,
+            resp.status(),
+            started.elapsed(),
+        );
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+/// Chooses the path for a matched request: bypass, the cache, or unsafe-method forwarding.
+async fn dispatch(
+    state: &Arc<AppState>,
+    route: &Route,
+    params: &[(String, String)],
+    inbound: Inbound,
+    body: Body,
+) -> (Response, CacheStatus) {
+    if !route.cache {
         forward(
-            &state,
+            state,
             route,
             inbound,
             body,
@@ -79,21 +108,14 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     } else if inbound.parts.method == Method::GET || inbound.parts.method == Method::HEAD {
         let key = key::cache_key(
             &route.template,
-            &matched.params,
+            params,
             inbound.parts.uri.query(),
             &route.key,
         );
-        lookup_or_fetch(&state, route, &key, inbound).await
+        lookup_or_fetch(state, route, &key, inbound).await
     } else {
-        unsafe_method(&state, route, &matched.params, inbound, body).await
-    };
-    let mut resp = resp;
-    for field in policy::targeted_fields(&route.policy.targets) {
-        resp.headers_mut().remove(field.as_str());
+        unsafe_method(state, route, params, inbound, body).await
     }
-    resp.headers_mut().remove("surrogate-control");
-    crate::telemetry::record_request(&route.template, &status, resp.status(), started.elapsed());
-    resp
 }
 
 /// `PURGE /path?query` with the admin token: every variant of that URL's entry;

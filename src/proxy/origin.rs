@@ -112,6 +112,7 @@ pub fn outbound(
         out.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     append_via(&mut out);
+    crate::telemetry::inject_trace_context(&mut out);
     let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::app::AppState;
 use crate::cache::{CacheEntry, Fwd};
 use crate::config::Route;
@@ -28,31 +30,35 @@ pub fn spawn(
         parts: cache_request(&inbound.parts),
         client: inbound.client,
     };
-    tokio::spawn(async move {
-        // One refresh per key for the whole fleet: without the lease, another replica
-        // is refreshing and this one keeps serving stale.
-        let upstream_timeout = state.origins.upstream(route.upstream).timeout;
-        let Some(lease) = state.acquire_lease(&key, upstream_timeout).await else {
-            return;
-        };
-        let budget = state.config.refresh_timeout;
-        let refresh = fetch(&state, &route, &key, &inbound, Some(stale), Fwd::Stale);
-        match tokio::time::timeout(budget, refresh).await {
-            Ok(fetched) => {
-                crate::telemetry::record_refresh(
-                    &route.template,
-                    fetched.status.outcome_of_refresh(),
-                );
-                permit.release(fetched.shared);
+    let span = tracing::info_span!("refresh", http.route = %route.template);
+    tokio::spawn(
+        async move {
+            // One refresh per key for the whole fleet: without the lease, another replica
+            // is refreshing and this one keeps serving stale.
+            let upstream_timeout = state.origins.upstream(route.upstream).timeout;
+            let Some(lease) = state.acquire_lease(&key, upstream_timeout).await else {
+                return;
+            };
+            let budget = state.config.refresh_timeout;
+            let refresh = fetch(&state, &route, &key, &inbound, Some(stale), Fwd::Stale);
+            match tokio::time::timeout(budget, refresh).await {
+                Ok(fetched) => {
+                    crate::telemetry::record_refresh(
+                        &route.template,
+                        fetched.status.outcome_of_refresh(),
+                    );
+                    permit.release(fetched.shared);
+                }
+                Err(_) => {
+                    tracing::warn!(route = %route.template, key, "background refresh timed out");
+                    crate::telemetry::record_refresh(&route.template, "timeout");
+                    // Dropping the permit wakes any waiter to compete again.
+                }
             }
-            Err(_) => {
-                tracing::warn!(route = %route.template, key, "background refresh timed out");
-                crate::telemetry::record_refresh(&route.template, "timeout");
-                // Dropping the permit wakes any waiter to compete again.
+            if let Some(token) = lease {
+                state.release_lease(&key, &token).await;
             }
         }
-        if let Some(token) = lease {
-            state.release_lease(&key, &token).await;
-        }
-    });
+        .instrument(span),
+    );
 }

@@ -21,3 +21,4 @@ mod rfc9211_cache_status;
 mod rfc9213_targeted;
 mod stale;
 mod storability;
+mod telemetry;

@@ -10,25 +10,27 @@
 #
 # Env (defaults in brackets):
 #   SCENARIOS [hit miss stampede cold]   which scenarios to run
-#   TARGETS   [origin static nginx varnish cachegate cachegate-redis]   which columns
+#   TARGETS   [origin static nginx varnish cachegate cachegate-redis cachegate-redis-l2]
+#             which columns; cachegate-redis has the default L1 in front of Redis,
+#             cachegate-redis-l2 sets store.l1.max_size: 0 (every hit reads Redis)
 #   DURATION [10s] CONNECTIONS [64] THREADS [2]   each wrk run (hit, miss)
 #   HIT_PATH [/hit/1?cc=max-age%3D3600]   the warm key (same bytes from every target)
 #   ROUNDS [1]   wrk runs per target, interleaved over targets; the median is reported
 #   STAMPEDE_VUS [200] STAMPEDE_DURATION [12s] HOT_PATH [/hot?cc=max-age%3D1&delay=200ms]
 #   COLD_VUS [200] COLD_DELAY [200ms]
-#   BASE_PORT [14000]   ports BASE_PORT..+6 (origin, static, nginx, varnish, cachegate,
-#                       cachegate-redis, redis-server)
+#   BASE_PORT [14000]   ports BASE_PORT..+7 (origin, static, nginx, varnish, cachegate,
+#                       cachegate-redis, redis-server, cachegate-redis-l2)
 #   NGINX_WORKERS [$(nproc)]  SKIP_BUILD=1 (reuse target/release/cachegate)  SKIP_INSTALL=1
 #   RESULTS [unset]   also copy the raw results (TSV, wrk and k6 output) to this directory
-#   REDIS_STORE [{ backend: redis, redis: { url: "redis://127.0.0.1:PORT" } }]
+#   CACHEGATE_BIN [target/release/cachegate, built unless SKIP_BUILD=1]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONF="$ROOT/loadtests/conf"
-BIN="$ROOT/target/release/cachegate"
+BIN=${CACHEGATE_BIN:-$ROOT/target/release/cachegate}
 
 SCENARIOS=${SCENARIOS:-hit miss stampede cold}
-TARGETS=${TARGETS:-origin static nginx varnish cachegate cachegate-redis}
+TARGETS=${TARGETS:-origin static nginx varnish cachegate cachegate-redis cachegate-redis-l2}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
@@ -50,6 +52,7 @@ VARNISH_PORT=$((BASE_PORT + 3))
 CG_PORT=$((BASE_PORT + 4))
 CGR_PORT=$((BASE_PORT + 5))
 REDIS_PORT=$((BASE_PORT + 6))
+CGR2_PORT=$((BASE_PORT + 7))
 [[ $REDIS_PORT != 6379 ]] || { echo "BASE_PORT puts redis-server on 6379; pick another" >&2; exit 2; }
 
 log() { echo "[compare $(date +%T)] $*" >&2; }
@@ -61,7 +64,7 @@ missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 if want nginx || want static; then command -v nginx >/dev/null || missing+=(nginx); fi
 if want varnish; then command -v varnishd >/dev/null || missing+=(varnish); fi
-if want cachegate-redis; then command -v redis-server >/dev/null || missing+=(redis-server); fi
+if want cachegate-redis || want cachegate-redis-l2; then command -v redis-server >/dev/null || missing+=(redis-server); fi
 if ((${#missing[@]})); then
   if [[ ${SKIP_INSTALL:-0} == 1 ]]; then
     echo "missing: ${missing[*]} (SKIP_INSTALL=1)" >&2
@@ -78,7 +81,7 @@ fi
 command -v curl >/dev/null || { echo "curl not found" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "python3 not found (renders the table)" >&2; exit 2; }
 
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+if [[ ${SKIP_BUILD:-0} != 1 && -z ${CACHEGATE_BIN:-} ]]; then
   (cd "$ROOT" && cargo build --release)
 fi
 [[ -x $BIN ]] || { echo "$BIN missing" >&2; exit 1; }
@@ -110,7 +113,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $(seq "$BASE_PORT" "$REDIS_PORT"); do
+for p in $(seq "$BASE_PORT" "$CGR2_PORT"); do
   port_free "$p" || { echo "port $p is in use; set BASE_PORT" >&2; exit 2; }
 done
 
@@ -175,17 +178,28 @@ if want varnish; then
   URL[varnish]="http://127.0.0.1:$VARNISH_PORT"
 fi
 
-if want cachegate; then
-  render "$CONF/cachegate.yaml.in" "$WORK/cachegate.yaml" PORT="$CG_PORT" \
-    ORIGIN_PORT="$ORIGIN_PORT" STORE="{ backend: memory }"
-  "$BIN" --config "$WORK/cachegate.yaml" >"$WORK/cachegate.log" 2>&1 &
+# start_cachegate NAME PORT STORE: 0 when it answers; 1 (and a note in PENDING) when it exits.
+declare -A PENDING
+start_cachegate() {
+  local name=$1 port=$2 store=$3
+  render "$CONF/cachegate.yaml.in" "$WORK/$name.yaml" PORT="$port" ORIGIN_PORT="$ORIGIN_PORT" \
+    STORE="$store"
+  "$BIN" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
-  wait_http cachegate "$!" "http://127.0.0.1:$CG_PORT/__ready" || exit 1
-  URL[cachegate]="http://127.0.0.1:$CG_PORT"
+  if wait_http "$name" "$!" "http://127.0.0.1:$port/__ready"; then
+    URL[$name]="http://127.0.0.1:$port"
+  else
+    PENDING[$name]=$(grep -v '^\s*$' "$WORK/$name.log" | tail -n 1 | cut -c1-160)
+    log "$name: pending (${PENDING[$name]})"
+    return 1
+  fi
+}
+
+if want cachegate; then
+  start_cachegate cachegate "$CG_PORT" "{ backend: memory }" || exit 1
 fi
 
-REDIS_NOTE=""
-if want cachegate-redis; then
+if want cachegate-redis || want cachegate-redis-l2; then
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
     --dir "$WORK" >"$WORK/redis.log" 2>&1 &
   PIDS+=($!)
@@ -193,16 +207,14 @@ if want cachegate-redis; then
     redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
     sleep 0.1
   done
-  store=${REDIS_STORE:-"{ backend: redis, redis: { url: \"redis://127.0.0.1:$REDIS_PORT\" } }"}
-  render "$CONF/cachegate.yaml.in" "$WORK/cachegate-redis.yaml" PORT="$CGR_PORT" \
-    ORIGIN_PORT="$ORIGIN_PORT" STORE="$store"
-  "$BIN" --config "$WORK/cachegate-redis.yaml" >"$WORK/cachegate-redis.log" 2>&1 &
-  PIDS+=($!)
-  if wait_http cachegate-redis "$!" "http://127.0.0.1:$CGR_PORT/__ready"; then
-    URL[cachegate-redis]="http://127.0.0.1:$CGR_PORT"
-  else
-    REDIS_NOTE=$(grep -v '^\s*$' "$WORK/cachegate-redis.log" | tail -n 1 | cut -c1-160)
-    log "cachegate-redis: pending ($REDIS_NOTE)"
+  redis_url="redis://127.0.0.1:$REDIS_PORT"
+  if want cachegate-redis; then
+    start_cachegate cachegate-redis "$CGR_PORT" \
+      "{ backend: redis, redis: { url: \"$redis_url\", key_prefix: \"cmp-l1:\" } }" || true
+  fi
+  if want cachegate-redis-l2; then
+    start_cachegate cachegate-redis-l2 "$CGR2_PORT" \
+      "{ backend: redis, redis: { url: \"$redis_url\", key_prefix: \"cmp-l2:\" }, l1: { max_size: 0B } }" || true
   fi
 fi
 
@@ -329,13 +341,13 @@ fi
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(uname -r)"
   echo "versions: $("$BIN" --version 2>/dev/null | head -1), $(nginx -v 2>&1 | sed 's/.*: //'), $(varnishd -V 2>&1 | grep -o 'varnish-[0-9.]*' | head -1)"
   echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (rounds: $ROUNDS, median); k6 stampede VUS=$STAMPEDE_VUS DURATION=$STAMPEDE_DURATION HOT_PATH=$HOT_PATH; k6 cold VUS=$COLD_VUS DELAY=$COLD_DELAY"
-  [[ -z $REDIS_NOTE ]] || echo "cachegate-redis: pending — it did not start: $REDIS_NOTE"
+  for name in "${!PENDING[@]}"; do echo "$name: pending — it did not start: ${PENDING[$name]}"; done
   echo
 } >&2
-python3 - "$RESULTS_TSV" "$COLD_DELAY" "${ACTIVE[*]}" "${REDIS_NOTE:+cachegate-redis}" <<'PY'
+python3 - "$RESULTS_TSV" "$COLD_DELAY" "${ACTIVE[*]}" "${!PENDING[*]}" <<'PY'
 import math, re, statistics, sys
 from collections import defaultdict
-path, cold_delay, active, pending = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4]
+path, cold_delay, active, pending = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
 vals = defaultdict(list)
 for line in open(path):
     scen, target, metric, value = line.rstrip("\n").split("\t")
@@ -348,7 +360,7 @@ def get(s, t, m):
     return statistics.median(xs) if xs else None
 m = re.match(r"([\d.]+)(ms|s)$", cold_delay)
 delay_ms = float(m[1]) * (1000 if m[2] == "s" else 1) if m else None
-cols = active + ([pending] if pending else [])
+cols = active + pending
 def f(x, d=0):
     return "–" if x is None else f"{x:,.{d}f}"
 def ratio(a, b):
@@ -368,7 +380,7 @@ rows = []
 def row(label, fn):
     cells = []
     for t in cols:
-        if t == pending:
+        if t in pending:
             cells.append("pending")
             continue
         try:

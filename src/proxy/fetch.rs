@@ -49,43 +49,22 @@ pub async fn fetch(
     let resp = match sent {
         Ok(resp) => resp,
         Err(error) => {
-            if let Some(entry) = stale.as_ref().filter(|e| usable_on_error(e, now)) {
-                let (response, status) = serve_stale_on_error(entry, inbound, now, None, false);
-                return Fetched {
-                    response,
-                    status,
-                    shared: Shared::Failed {
-                        fwd_status: None,
-                        error,
-                    },
-                };
-            }
-            tracing::warn!(route = %route.template, %error, "origin request failed");
-            return Fetched {
-                response: error_response(error.clone(), &status),
-                status,
-                shared: Shared::Failed {
-                    fwd_status: None,
-                    error,
-                },
-            };
+            return origin_failed(route, inbound, stale.as_deref(), now, None, error, status)
         }
     };
     status.fwd_status = Some(resp.status().as_u16());
 
-    if resp.status().is_server_error() {
-        if let Some(entry) = stale.as_ref().filter(|e| usable_on_error(e, now)) {
-            let (response, status) =
-                serve_stale_on_error(entry, inbound, now, Some(resp.status()), false);
-            return Fetched {
-                response,
-                status,
-                shared: Shared::Failed {
-                    fwd_status: Some(resp.status()),
-                    error: ProxyError::Upstream(format!("status {}", resp.status())),
-                },
-            };
-        }
+    if resp.status().is_server_error() && stale.as_ref().is_some_and(|e| usable_on_error(e, now)) {
+        let error = ProxyError::Upstream(format!("status {}", resp.status()));
+        return origin_failed(
+            route,
+            inbound,
+            stale.as_deref(),
+            now,
+            Some(resp.status()),
+            error,
+            status,
+        );
     }
 
     let (mut parts, mut body) = resp.into_parts();
@@ -115,14 +94,7 @@ pub async fn fetch(
                     origin::strip_hop_by_hop(&mut parts.headers);
                 }
                 Err(error) => {
-                    return Fetched {
-                        response: error_response(error.clone(), &status),
-                        status,
-                        shared: Shared::Failed {
-                            fwd_status: None,
-                            error,
-                        },
-                    };
+                    return origin_failed(route, inbound, Some(old), now, None, error, status)
                 }
             }
         }
@@ -168,16 +140,18 @@ pub async fn fetch(
             };
         }
         Err(error) => {
-            tracing::warn!(route = %route.template, %error, "origin response body failed");
+            // A body cut short is never stored; a stale copy may still answer.
             status.detail = Some(Detail::Incomplete);
-            return Fetched {
-                response: error_response(error.clone(), &status),
+            let fwd_status = Some(parts.status);
+            return origin_failed(
+                route,
+                inbound,
+                stale.as_deref(),
+                now,
+                fwd_status,
+                error,
                 status,
-                shared: Shared::Failed {
-                    fwd_status: Some(parts.status),
-                    error,
-                },
-            };
+            );
         }
     };
 
@@ -218,6 +192,37 @@ pub async fn fetch(
         response,
         status,
         shared: Shared::Entry(entry, fwd_status),
+    }
+}
+
+/// The origin failed (no answer, or a 5xx): the stale copy when it may answer errors
+/// (stale-if-error), the error otherwise. Waiters are told either way.
+fn origin_failed(
+    route: &Route,
+    inbound: &Inbound,
+    stale: Option<&CacheEntry>,
+    now: SystemTime,
+    fwd_status: Option<StatusCode>,
+    error: ProxyError,
+    status: CacheStatus,
+) -> Fetched {
+    let shared = Shared::Failed {
+        fwd_status,
+        error: error.clone(),
+    };
+    if let Some(entry) = stale.filter(|e| usable_on_error(e, now)) {
+        let (response, status) = serve_stale_on_error(entry, inbound, now, fwd_status, false);
+        return Fetched {
+            response,
+            status,
+            shared,
+        };
+    }
+    tracing::warn!(route = %route.template, %error, "origin request failed");
+    Fetched {
+        response: error_response(error, &status),
+        status,
+        shared,
     }
 }
 

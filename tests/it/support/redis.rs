@@ -243,6 +243,18 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         require("redis-cli");
+        // `--cluster create` can wait forever for the nodes to agree when the machine is
+        // loaded; a bounded attempt with fresh nodes is more reliable than waiting.
+        for attempt in 1..=3 {
+            if let Some(cluster) = Self::try_start(Duration::from_secs(20)) {
+                return cluster;
+            }
+            eprintln!("cluster create attempt {attempt} timed out; retrying with new nodes");
+        }
+        panic!("could not create a Redis Cluster in 3 attempts");
+    }
+
+    fn try_start(limit: Duration) -> Option<RedisCluster> {
         let node = || {
             RedisServer::start_with(&[
                 "--cluster-enabled",
@@ -264,24 +276,38 @@ impl RedisCluster {
             .chain(&replicas)
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .expect("redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let deadline = Instant::now() + limit;
+        loop {
+            match create.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(status.success(), "redis-cli --cluster create failed");
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => {
+                    let _ = create.kill();
+                    let _ = create.wait();
+                    return None;
+                }
+            }
+        }
         let cluster = RedisCluster { masters, replicas };
         cluster.wait_ok(Duration::from_secs(20));
         // `--cluster create` may pair nodes differently from the order given: read
         // back which nodes ended up masters.
-        cluster.sorted()
+        Some(cluster.sorted())
     }
 
     /// Waits until every running node reports `cluster_state:ok`.
@@ -351,7 +377,7 @@ impl RedisSentinel {
         // each knows both so a failover can be agreed on.
         wait_until(
             "sentinels to discover the set",
-            Duration::from_secs(15),
+            Duration::from_secs(30),
             || {
                 sentinels.iter().all(|s| {
                     let info = command(s.port, "INFO sentinel").unwrap_or_default();

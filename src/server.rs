@@ -36,7 +36,7 @@ async fn enforce_limits(State(limits): State<Limits>, req: Request, next: Next) 
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().to_string().len();
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if header_bytes > limits.max_header_bytes {
         return (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::{AUTHORIZATION, CACHE_CONTROL, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
 use super::status::Detail;
@@ -33,9 +33,46 @@ pub struct RoutePolicy {
     /// Request headers the route honours in `Vary`; a response varying on another is
     /// not stored (instead of exploding the key space). `None`: any.
     pub vary_allow: Option<Vec<String>>,
-    /// Names this cache answers to in targeted fields (RFC 9213): `NAME-Cache-Control`
-    /// and `Surrogate-Control` directives suffixed `;NAME`.
-    pub targets: Vec<String>,
+    /// Names this cache answers to in targeted fields (RFC 9213).
+    pub targets: Targets,
+}
+
+/// The names this cache answers to in targeted fields (RFC 9213): `NAME-Cache-Control`
+/// and `Surrogate-Control` directives suffixed `;NAME`. Built once at config load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets {
+    names: Vec<String>,
+    /// `NAME-Cache-Control` for each name, then `CDN-Cache-Control`: most specific first.
+    fields: Vec<HeaderName>,
+}
+
+impl Targets {
+    pub fn new(names: &[String]) -> Result<Self, String> {
+        let mut fields = Vec::new();
+        for name in names {
+            let field = format!("{}-cache-control", name.to_ascii_lowercase());
+            fields.push(
+                HeaderName::try_from(field)
+                    .map_err(|_| format!("{name:?} cannot name a header field"))?,
+            );
+        }
+        fields.push(HeaderName::from_static("cdn-cache-control"));
+        Ok(Targets {
+            names: names.to_vec(),
+            fields,
+        })
+    }
+
+    /// The targeted fields, most specific first; never sent downstream.
+    pub fn fields(&self) -> &[HeaderName] {
+        &self.fields
+    }
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets::new(&["cachegate".to_string()]).expect("a valid default name")
+    }
 }
 
 impl Default for RoutePolicy {
@@ -50,19 +87,9 @@ impl Default for RoutePolicy {
             max_body: 8 << 20,
             client_no_cache: ClientNoCache::Revalidate,
             vary_allow: None,
-            targets: vec!["cachegate".to_string()],
+            targets: Targets::default(),
         }
     }
-}
-
-/// The targeted fields a response may carry for this cache, most specific first.
-pub fn targeted_fields(targets: &[String]) -> Vec<String> {
-    let mut fields: Vec<String> = targets
-        .iter()
-        .map(|t| format!("{}-cache-control", t.to_ascii_lowercase()))
-        .collect();
-    fields.push("cdn-cache-control".to_string());
-    fields
 }
 
 /// The response headers as this cache must read them: the most specific targeted field
@@ -70,11 +97,11 @@ pub fn targeted_fields(targets: &[String]) -> Vec<String> {
 /// `Cache-Control`. Downstream still gets the original `Cache-Control`.
 pub fn effective_headers<'a>(
     headers: &'a HeaderMap,
-    targets: &[String],
+    targets: &Targets,
 ) -> std::borrow::Cow<'a, HeaderMap> {
     use std::borrow::Cow;
-    for field in targeted_fields(targets) {
-        let values: Vec<_> = headers.get_all(field.as_str()).iter().cloned().collect();
+    for field in &targets.fields {
+        let values: Vec<_> = headers.get_all(field).iter().cloned().collect();
         if !values.is_empty() {
             let mut h = headers.clone();
             h.remove(CACHE_CONTROL);
@@ -95,6 +122,7 @@ pub fn effective_headers<'a>(
             };
             match joined.split_once(';') {
                 Some((d, target)) => targets
+                    .names
                     .iter()
                     .any(|t| t.eq_ignore_ascii_case(target.trim()))
                     .then(|| d.to_string()),
@@ -363,38 +391,62 @@ pub fn cache_options() -> CacheOptions {
 ///   crate gives it no freshness: read it as `must-revalidate`;
 /// - a status the crate does not know (e.g. 500, 403) with explicit freshness may be
 ///   stored (§3), yet the crate refuses: it reads it as a 200 for freshness only.
-pub fn library_response(status: StatusCode, effective: &HeaderMap) -> http::response::Parts {
+pub fn library_response(status: StatusCode, effective: &HeaderMap) -> LibraryView<'_> {
     let list = directives(effective.get_all(CACHE_CONTROL));
-    let rewritten: Vec<String> = list
-        .iter()
-        .filter(|(name, arg)| !(arg.is_some() && (name == "private" || name == "no-cache")))
-        .map(|(name, arg)| match (name.as_str(), arg) {
-            ("proxy-revalidate", _) => "must-revalidate".to_string(),
-            (_, Some(a)) => format!("{name}={a}"),
-            (_, None) => name.clone(),
-        })
-        .collect();
-    let mut headers = effective.clone();
-    if !list.is_empty() {
+    let needs_rewrite = list.iter().any(|(name, arg)| {
+        name == "proxy-revalidate" || (arg.is_some() && (name == "private" || name == "no-cache"))
+    });
+    let headers = if needs_rewrite {
+        let rewritten: Vec<String> = list
+            .iter()
+            .filter(|(name, arg)| !(arg.is_some() && (name == "private" || name == "no-cache")))
+            .map(|(name, arg)| match (name.as_str(), arg) {
+                ("proxy-revalidate", _) => "must-revalidate".to_string(),
+                (_, Some(a)) => format!("{name}={a}"),
+                (_, None) => name.clone(),
+            })
+            .collect();
+        let mut headers = effective.clone();
         headers.remove(CACHE_CONTROL);
         if let Ok(v) = http::HeaderValue::from_str(&rewritten.join(", ")) {
             headers.insert(CACHE_CONTROL, v);
         }
-    }
-    let cc = Directives::parse(&headers);
-    let explicit = cc.s_maxage || cc.max_age || headers.contains_key(EXPIRES);
+        std::borrow::Cow::Owned(headers)
+    } else {
+        std::borrow::Cow::Borrowed(effective)
+    };
     let understood = matches!(
         status.as_u16(),
         200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
     );
-    let mut response = http::Response::new(());
-    *response.status_mut() = if !understood && explicit && status != StatusCode::PARTIAL_CONTENT {
-        StatusCode::OK
-    } else {
+    let status = if understood || status == StatusCode::PARTIAL_CONTENT {
         status
+    } else {
+        let cc = Directives::parse(&headers);
+        let explicit = cc.s_maxage || cc.max_age || headers.contains_key(EXPIRES);
+        if explicit {
+            StatusCode::OK
+        } else {
+            status
+        }
     };
-    *response.headers_mut() = headers;
-    response.into_parts().0
+    LibraryView { status, headers }
+}
+
+/// A response as handed to `http-cache-semantics`; borrows unless it had to be rewritten.
+pub struct LibraryView<'a> {
+    status: StatusCode,
+    headers: std::borrow::Cow<'a, HeaderMap>,
+}
+
+impl http_cache_semantics::ResponseLike for LibraryView<'_> {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
 }
 
 /// Decides whether and for how long a response may be stored.

@@ -16,7 +16,7 @@ pub use error::ConfigError;
 use locate::Locations;
 use raw::RawConfig;
 
-use crate::cache::policy::{ClientNoCache, RoutePolicy};
+use crate::cache::policy::{ClientNoCache, RoutePolicy, Targets};
 use crate::proxy::key::KeySpec;
 
 /// The validated configuration.
@@ -311,10 +311,10 @@ impl Validator {
                 ClientNoCache::Revalidate,
             )?,
             vary_allow: None,
-            targets: raw
-                .targets
-                .clone()
-                .unwrap_or_else(|| vec!["cachegate".to_string()]),
+            targets: match &raw.targets {
+                None => Targets::default(),
+                Some(names) => Targets::new(names).map_err(|e| self.err("targets", e))?,
+            },
         };
 
         let mut routes = Vec::new();

@@ -2,6 +2,8 @@
 //! route selects. Selected request headers and the response's `Vary` pick a variant
 //! within the key (see `cache::entry`), so one purge or invalidation reaches them all.
 
+use std::borrow::Cow;
+
 use http::HeaderName;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
@@ -47,19 +49,29 @@ pub fn cache_key(
         if i > 0 {
             key.push('&');
         }
-        push_pair(&mut key, name, &decode(value));
+        // In a path `+` is itself, unlike in a query.
+        push_pair(
+            &mut key,
+            name,
+            &percent_decode_str(value).decode_utf8_lossy(),
+        );
     }
     key.push('|');
     if !spec.query.is_empty() {
-        let mut selected: Vec<(String, String)> = query
+        // Names are compared before values are decoded: unselected pairs (tracking
+        // parameters and the like) cost no allocation.
+        let mut selected: Vec<(Cow<'_, str>, Cow<'_, str>)> = query
             .unwrap_or("")
             .split('&')
             .filter(|p| !p.is_empty())
-            .map(|p| {
+            .filter_map(|p| {
                 let (n, v) = p.split_once('=').unwrap_or((p, ""));
-                (decode(n), decode(v))
+                let name = decode(n);
+                spec.query
+                    .binary_search_by(|q| q.as_str().cmp(&name))
+                    .is_ok()
+                    .then(|| (name, decode(v)))
             })
-            .filter(|(n, _)| spec.query.binary_search(n).is_ok())
             .collect();
         selected.sort();
         for (i, (name, value)) in selected.iter().enumerate() {
@@ -88,10 +100,9 @@ pub fn path_of(key: &str) -> Option<String> {
         .filter(|p| !p.is_empty())
         .filter_map(|p| {
             let (n, v) = p.split_once('=')?;
-            Some((
-                decode(n),
-                percent_decode_str(v).decode_utf8_lossy().into_owned(),
-            ))
+            // Key components are percent-encoded only (never `+`).
+            let unescape = |c: &str| percent_decode_str(c).decode_utf8_lossy().into_owned();
+            Some((unescape(n), unescape(v)))
         })
         .collect();
     let mut path = template.to_string();
@@ -109,10 +120,14 @@ fn push_pair(key: &mut String, name: &str, value: &str) {
     key.extend(utf8_percent_encode(value, COMPONENT));
 }
 
-/// Decodes `%XX` and `+` so equivalent spellings share a key.
-fn decode(s: &str) -> String {
+/// Decodes `%XX` and `+` so equivalent spellings share a key; borrows when there is
+/// nothing to decode.
+fn decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
     let s = s.replace('+', " ");
-    percent_decode_str(&s).decode_utf8_lossy().into_owned()
+    Cow::Owned(percent_decode_str(&s).decode_utf8_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -149,12 +164,12 @@ mod tests {
         let s = spec(&["a"]);
         let k = cache_key(
             "/users/{id}/posts/{*rest}",
-            &params(&[("id", "4|2"), ("rest", "a/b c")]),
+            &params(&[("id", "4|2"), ("rest", "a/b%20c+d")]),
             Some("a=1"),
             &s,
         );
         assert_eq!(template_of(&k), "/users/{id}/posts/{*rest}");
-        assert_eq!(path_of(&k).as_deref(), Some("/users/4|2/posts/a/b c"));
+        assert_eq!(path_of(&k).as_deref(), Some("/users/4|2/posts/a/b c+d"));
     }
 
     #[test]

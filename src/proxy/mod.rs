@@ -72,8 +72,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     async {
         let (mut resp, status) = dispatch(&state, route, &matched.params, inbound, body).await;
         // Targeted fields are for caches, not for clients (RFC 9213 §2).
-        for field in policy::targeted_fields(&route.policy.targets) {
-            resp.headers_mut().remove(field.as_str());
+        for field in route.policy.targets.fields() {
+            resp.headers_mut().remove(field);
         }
         resp.headers_mut().remove("surrogate-control");
         crate::telemetry::record_request(

@@ -126,10 +126,14 @@ impl AppState {
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(interval).await;
             interval = (interval * 2).min(Duration::from_millis(50));
-            if let Ok(Some(entry)) = self.store.lookup(key, request).await {
-                if newer_than.is_none_or(|t| entry.stored_at > t) {
-                    return Some(entry);
+            match self.store.lookup(key, request).await {
+                Ok(Some(entry)) if newer_than.is_none_or(|t| entry.stored_at > t) => {
+                    return Some(entry)
                 }
+                // The holder's entry cannot reach us through a failed store: stop
+                // waiting and fetch (in-process coalescing still holds).
+                Err(_) if self.store.health() == store::Health::Degraded => return None,
+                _ => {}
             }
         }
         None

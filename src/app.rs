@@ -112,6 +112,18 @@ impl AppState {
         }
     }
 
+    /// An entry for `key` stored after `than` (any entry when `than` is `None`): what
+    /// another replica stored while this one was deciding to fetch.
+    pub async fn newer_than(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+        than: Option<SystemTime>,
+    ) -> Option<Arc<CacheEntry>> {
+        let entry = self.store.lookup(key, request).await.ok()??;
+        than.is_none_or(|t| entry.stored_at > t).then_some(entry)
+    }
+
     /// Waits (bounded) for another replica's fetch of `key` to land in the store: an
     /// entry stored after `newer_than`, or any entry when there was none.
     pub async fn wait_for_entry(

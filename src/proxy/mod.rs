@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::cache::entry::Freshness;
-use crate::cache::lock::{Lock, WaitError};
+use crate::cache::lock::{Lock, Permit, WaitError};
 use crate::cache::policy::{self, RequestDirectives, Reuse};
 use crate::cache::purge::{Mode, Selector};
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
@@ -191,38 +191,7 @@ async fn lookup_or_fetch(
     for _ in 0..3 {
         match state.locks.lock(key) {
             Lock::Leader(permit) => {
-                let upstream_timeout = state.origins.upstream(route.upstream).timeout;
-                let lease = state.acquire_lease(key, upstream_timeout).await;
-                if lease.is_none() {
-                    // Another replica is fetching: its entry will appear in the store.
-                    let newer_than = found.as_ref().map(|e| e.stored_at);
-                    let deadline = upstream_timeout + Duration::from_secs(1);
-                    if let Some(entry) = state
-                        .wait_for_entry(key, &inbound.parts.headers, newer_than, deadline)
-                        .await
-                    {
-                        let now = SystemTime::now();
-                        let status = with_key(
-                            CacheStatus {
-                                fwd: Some(fwd),
-                                collapsed: true,
-                                ttl: Some(entry.ttl_secs(now)),
-                                ..Default::default()
-                            },
-                            route,
-                            key,
-                        );
-                        let response = respond_entry(&entry, &inbound, now, &status);
-                        permit.release(Shared::Entry(entry.clone(), entry.status));
-                        return (response, status);
-                    }
-                }
-                let fetched = fetch(state, route, key, &inbound, found.clone(), fwd).await;
-                if let Some(Some(token)) = lease {
-                    state.release_lease(key, &token).await;
-                }
-                permit.release(fetched.shared);
-                return (fetched.response, fetched.status);
+                return lead(state, route, key, &inbound, found, fwd, permit).await
             }
             Lock::Follower(waiter) => {
                 let wait = state.origins.upstream(route.upstream).timeout + Duration::from_secs(1);
@@ -244,6 +213,61 @@ async fn lookup_or_fetch(
         CacheStatus::forward(fwd),
     )
     .await
+}
+
+/// The in-process leader: takes the fleet lease, then either answers from the entry
+/// another replica stored, or fetches. Its waiters get the outcome either way.
+async fn lead(
+    state: &Arc<AppState>,
+    route: &Route,
+    key: &str,
+    inbound: &Inbound,
+    found: Option<Arc<CacheEntry>>,
+    fwd: Fwd,
+    permit: Permit<Shared>,
+) -> (Response, CacheStatus) {
+    let upstream_timeout = state.origins.upstream(route.upstream).timeout;
+    let newer_than = found.as_ref().map(|e| e.stored_at);
+    let headers = &inbound.parts.headers;
+    let lease = state.acquire_lease(key, upstream_timeout).await;
+    let from_fleet = match &lease {
+        // Another replica is fetching: its entry will appear in the store.
+        None => {
+            let wait = upstream_timeout + Duration::from_secs(1);
+            state.wait_for_entry(key, headers, newer_than, wait).await
+        }
+        // A fleet lease: another replica may have stored just before we took it.
+        Some(Some(_)) => state.newer_than(key, headers, newer_than).await,
+        Some(None) => None,
+    };
+    let answer = match from_fleet {
+        Some(entry) => {
+            let now = SystemTime::now();
+            let status = with_key(
+                CacheStatus {
+                    fwd: Some(fwd),
+                    collapsed: true,
+                    ttl: Some(entry.ttl_secs(now)),
+                    ..Default::default()
+                },
+                route,
+                key,
+            );
+            let response = respond_entry(&entry, inbound, now, &status);
+            let entry_status = entry.status;
+            permit.release(Shared::Entry(entry, entry_status));
+            (response, status)
+        }
+        None => {
+            let fetched = fetch(state, route, key, inbound, found, fwd).await;
+            permit.release(fetched.shared);
+            (fetched.response, fetched.status)
+        }
+    };
+    if let Some(Some(token)) = lease {
+        state.release_lease(key, &token).await;
+    }
+    answer
 }
 
 /// A waiter's answer from its leader's outcome.

@@ -10,7 +10,7 @@ use crate::app::AppState;
 use crate::cache::{CacheEntry, Fwd};
 use crate::config::Route;
 
-use super::{cache_request, fetch, Inbound};
+use super::{cache_request, fetch, Inbound, Shared};
 
 /// Starts a background refresh of `key` unless one (or a miss fetch) is already running.
 pub fn spawn(
@@ -39,6 +39,19 @@ pub fn spawn(
             let Some(lease) = state.acquire_lease(&key, upstream_timeout).await else {
                 return;
             };
+            // Another replica may have stored a fresh copy (and released its lease) between
+            // our stale read and this lease: then there is nothing to refresh.
+            if let Some(token) = &lease {
+                if let Some(newer) = state
+                    .newer_than(&key, &inbound.parts.headers, Some(stale.stored_at))
+                    .await
+                {
+                    state.release_lease(&key, token).await;
+                    let status = newer.status;
+                    permit.release(Shared::Entry(newer, status));
+                    return;
+                }
+            }
             let budget = state.config.refresh_timeout;
             let refresh = fetch(&state, &route, &key, &inbound, Some(stale), Fwd::Stale);
             match tokio::time::timeout(budget, refresh).await {

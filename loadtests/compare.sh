@@ -268,6 +268,14 @@ if scenario hit; then
   done
   for round in $(seq "$ROUNDS"); do
     for t in "${ACTIVE[@]}"; do wrk_run hit "$t" "${URL[$t]}$HIT_PATH" "$round"; done
+    # Redis's own GET speed on this machine, same concurrency, same round: the reference
+    # for the Redis-backed hit columns (a 70-byte value, like the hit body).
+    if [[ -n ${redis_url:-} ]] && command -v redis-benchmark >/dev/null; then
+      rb=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t get -c "$CONNECTIONS" -n 200000 -d 70 --csv 2>/dev/null \
+        | awk -F'","' '/GET/ {gsub(/"/, "", $2); print $2; exit}')
+      echo -e "hit\tredis-benchmark\trps\t${rb:-nan}" >>"$RESULTS_TSV"
+      log "hit redis-benchmark GET round $round: ${rb:-?} req/s"
+    fi
   done
 fi
 
@@ -341,6 +349,8 @@ fi
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(uname -r)"
   echo "versions: $("$BIN" --version 2>/dev/null | head -1), $(nginx -v 2>&1 | sed 's/.*: //'), $(varnishd -V 2>&1 | grep -o 'varnish-[0-9.]*' | head -1)"
   echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (rounds: $ROUNDS, median); k6 stampede VUS=$STAMPEDE_VUS DURATION=$STAMPEDE_DURATION HOT_PATH=$HOT_PATH; k6 cold VUS=$COLD_VUS DELAY=$COLD_DELAY"
+  rb=$(awk -F'\t' '$2 == "redis-benchmark" {print $4}' "$RESULTS_TSV" | tr '\n' ' ')
+  [[ -z $rb ]] || echo "redis-benchmark GET -c $CONNECTIONS -d 70 (req/s per round): $rb"
   for name in "${!PENDING[@]}"; do echo "$name: pending — it did not start: ${PENDING[$name]}"; done
   echo
 } >&2
@@ -392,6 +402,7 @@ def row(label, fn):
 row("hit req/s", lambda t: f(get("hit", t, "rps")))
 row("hit req/s ÷ static", lambda t: rratio("hit", t, "static"))
 row("hit req/s ÷ origin direct", lambda t: rratio("hit", t, "origin"))
+row("hit req/s ÷ redis-benchmark GET", lambda t: rratio("hit", t, "redis-benchmark") if get("hit", "redis-benchmark", "rps") else "–")
 row("hit p99 ms", lambda t: f(get("hit", t, "p99"), 2))
 row("hit errors", lambda t: f(get("hit", t, "errors")))
 row("all-miss req/s", lambda t: "–" if t == "static" else f(get("miss", t, "rps")))

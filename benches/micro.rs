@@ -79,6 +79,9 @@ fn exchange(status: u16, res: &[(&str, &str)]) -> (http::request::Parts, http::r
     (req, rs.body(()).unwrap().into_parts().0)
 }
 
+/// A named response: status and headers.
+type Case<'a> = (&'a str, u16, Vec<(&'a str, &'a str)>);
+
 fn decisions(c: &mut Criterion) {
     let route = RoutePolicy {
         ttl: Duration::from_secs(60),
@@ -89,7 +92,7 @@ fn decisions(c: &mut Criterion) {
     };
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let date = httpdate::fmt_http_date(now);
-    let cases: [(&str, u16, Vec<(&str, &str)>); 4] = [
+    let cases: [Case; 4] = [
         (
             "store-max-age",
             200,

@@ -5,7 +5,9 @@
 #   loadtests/run.sh SCENARIO [k6 run args...]     e.g.  VUS=1000 loadtests/run.sh stampede
 #
 # Env: ORIGIN_PORT (13000), PROXY_PORT (18080; fleet uses PROXY_PORT..+FLEET_SIZE-1),
-# FLEET_SIZE (3), SKIP_BUILD=1 to reuse target/release/cachegate, RUST_LOG (warn).
+# FLEET_SIZE (3), SKIP_BUILD=1 to reuse target/release/cachegate, RUST_LOG (warn);
+# fleet: STORE (redis: the instances share a redis-server on REDIS_PORT, 16379; memory:
+# independent instances).
 # Scenario env (VUS, DURATION, HOT_PATH, ...) passes through to k6; see loadtests/README.md.
 set -euo pipefail
 
@@ -76,6 +78,20 @@ wait_http() {
 PIDS+=($!)
 wait_http origin "$!" "http://127.0.0.1:$ORIGIN_PORT/__stats"
 
+# The fleet shares one Redis (its own redis-server, never 6379), so a hot key expiring
+# costs one origin request for all instances. STORE=memory runs independent instances.
+STORE_YAML=""
+if [[ $SCENARIO == fleet && ${STORE:-redis} == redis ]]; then
+  command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install redis-server" >&2; exit 2; }
+  REDIS_PORT=${REDIS_PORT:-16379}
+  [[ $REDIS_PORT != 6379 ]] || { echo "REDIS_PORT must not be 6379" >&2; exit 2; }
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK" \
+    >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  STORE_YAML="store: { backend: redis, redis: { url: \"redis://127.0.0.1:$REDIS_PORT\" } }"
+fi
+
 URLS=()
 for ((i = 0; i < FLEET_SIZE; i++)); do
   port=$((PROXY_PORT + i))
@@ -88,6 +104,7 @@ routes:
   - path: /{*rest}
     upstream: origin
     key: { query: [cc, delay, size, status] }
+$STORE_YAML
 EOF
   "$BIN" --config "$WORK/routes-$i.yaml" >"$WORK/cachegate-$i.log" 2>&1 &
   PIDS+=($!)

@@ -38,6 +38,21 @@ impl Selector {
         }
     }
 
+    /// Whether `key` is selected, decided from the key alone; `None` when only the
+    /// entry can tell (tags). Lets a shared store select keys by name before reading
+    /// (or without reading) what they hold.
+    pub fn matches_key(&self, key: &str) -> Option<bool> {
+        match self {
+            Selector::Key(k) => Some(k == key),
+            Selector::Route(template) => Some(crate::proxy::key::template_of(key) == template),
+            Selector::Tag(_) => None,
+            Selector::Prefix(prefix) => Some(
+                crate::proxy::key::path_of(key)
+                    .is_some_and(|path| path.starts_with(prefix.as_str())),
+            ),
+        }
+    }
+
     /// True when matching needs no entry (the key alone decides).
     pub fn by_key_only(&self) -> bool {
         !matches!(self, Selector::Tag(_))
@@ -50,4 +65,31 @@ pub fn soften(entry: &CacheEntry, now: SystemTime) -> CacheEntry {
     let past = now.checked_sub(Duration::from_millis(1)).unwrap_or(now);
     e.fresh_until = e.fresh_until.min(past);
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_key_decides_every_selector_but_tags_from_the_key() {
+        let key = "/users/{id}/posts/{*rest}|id=42&rest=a%2Fb|";
+        assert_eq!(Selector::Key(key.into()).matches_key(key), Some(true));
+        assert_eq!(Selector::Key("/x|".into()).matches_key(key), Some(false));
+        let route = Selector::Route("/users/{id}/posts/{*rest}".into());
+        assert_eq!(route.matches_key(key), Some(true));
+        assert_eq!(
+            Selector::Route("/users/{id}".into()).matches_key(key),
+            Some(false)
+        );
+        assert_eq!(
+            Selector::Prefix("/users/42/".into()).matches_key(key),
+            Some(true)
+        );
+        assert_eq!(
+            Selector::Prefix("/users/4/".into()).matches_key(key),
+            Some(false)
+        );
+        assert_eq!(Selector::Tag("users".into()).matches_key(key), None);
+    }
 }

@@ -1,19 +1,23 @@
 //! The shared store (L2): Redis single node, Sentinel or Cluster through redis-rs, one
 //! hash per cache key, a `SET NX PX` lease, and a circuit breaker that fails fast.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
 use http::HeaderMap;
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::{Health, Lease, Store, StoreError, MAX_VARIANTS};
 use crate::cache::entry::{self, FORMAT_VERSION};
+use crate::cache::purge::{soften, Mode, Selector};
 use crate::cache::CacheEntry;
 use crate::config::{RedisConfig, RedisTarget};
 
@@ -21,6 +25,18 @@ use crate::config::{RedisConfig, RedisTarget};
 const BREAKER_THRESHOLD: u32 = 5;
 /// How long an open breaker fails fast before one probe may try Redis again.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// A purge announces at most this many keys one by one; a larger one tells every L1 to
+/// clear itself (one message instead of thousands, and L1 refills from L2).
+const ANNOUNCE_KEYS_MAX: usize = 128;
+/// The announcement (after the sender's id) that tells every L1 to drop everything.
+/// Never a cache key: keys escape control characters.
+pub const CLEAR_ALL: &str = "\0*";
+/// SCAN's COUNT hint while a purge walks the namespace.
+const SCAN_COUNT: usize = 500;
+/// Commands a purge has in flight at once: one batch, bounded by the store's timeout.
+const PURGE_BATCH: usize = 64;
+/// A whole purge may take this long (each batch still gets only the store's timeout).
+const PURGE_LIMIT: Duration = Duration::from_secs(30);
 /// Establishing a connection may take longer than one command: it runs in the
 /// background (callers fail fast meanwhile), so it never holds a request.
 const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -28,10 +44,15 @@ const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Stores `entry` as one field of the key's hash, indexes its `keep_until` in a sorted
 /// set, drops dead and surplus variants, sets both keys to expire with the last variant,
 /// and tells the other replicas to drop their L1 copy: all in one round trip, atomically.
-/// KEYS: hash, index. ARGV: field, value, keep_until ms, now ms, max variants, channel,
-/// message.
+/// KEYS: hash, index. ARGV: field, value, keep_until ms, now ms, max variants, channel
+/// (empty: announce nothing, the caller does), message, and optionally the value the
+/// field must still hold (a soft purge must not overwrite a newer entry); returns 0
+/// when it does not. A `keep_until` already past drops the variant.
 const INSERT_LUA: &str = r#"
 local h, z = KEYS[1], KEYS[2]
+if ARGV[8] and redis.call('HGET', h, ARGV[1]) ~= ARGV[8] then
+  return 0
+end
 redis.call('HSET', h, ARGV[1], ARGV[2])
 redis.call('ZADD', z, ARGV[3], ARGV[1])
 local dead = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. ARGV[4])
@@ -54,7 +75,9 @@ if last[2] then
   redis.call('PEXPIREAT', h, last[2])
   redis.call('PEXPIREAT', z, last[2])
 end
-redis.call('PUBLISH', ARGV[6], ARGV[7])
+if ARGV[6] ~= '' then
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
+end
 return 1
 "#;
 
@@ -229,6 +252,50 @@ impl RedisStore {
     }
 }
 
+/// What one batch of a purge found in a key: the fields of its live variants the
+/// selector reaches, with the bytes each held when read.
+struct Selected {
+    key: String,
+    variants: Vec<(String, Vec<u8>, CacheEntry)>,
+}
+
+/// The distinct masters in a `CLUSTER SLOTS` reply, as the cluster client addresses them.
+fn masters_of(slots: &Value) -> Vec<(String, u16)> {
+    let mut out: Vec<(String, u16)> = Vec::new();
+    let Value::Array(ranges) = slots else {
+        return out;
+    };
+    for range in ranges {
+        let Value::Array(items) = range else { continue };
+        let Some(Value::Array(master)) = items.get(2) else {
+            continue;
+        };
+        let (Some(host), Some(port)) = (master.first(), master.get(1)) else {
+            continue;
+        };
+        let host: Option<String> = redis::from_redis_value_ref(host).ok();
+        let port: Option<u16> = redis::from_redis_value_ref(port).ok();
+        if let (Some(host), Some(port)) = (host, port) {
+            if !out.iter().any(|(h, p)| *h == host && *p == port) {
+                out.push((host, port));
+            }
+        }
+    }
+    out
+}
+
+/// `text` with Redis glob metacharacters escaped, to match itself in `SCAN MATCH`.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn validate(target: &RedisTarget) -> anyhow::Result<()> {
     let urls: Vec<&String> = match target {
         RedisTarget::Single(url) => vec![url],
@@ -289,6 +356,32 @@ impl Inner {
 
     fn lock_key(&self, key: &str) -> String {
         format!("{}:lock:{key}", self.tag(key))
+    }
+
+    /// The cache key an entry hash stands for, from the hash's name; None for any other
+    /// key of the namespace (indexes, leases) or a foreign one.
+    fn cache_key_of<'a>(&self, name: &'a str) -> Option<&'a str> {
+        let rest = name
+            .strip_prefix(self.namespace.as_str())?
+            .strip_prefix('{')?;
+        let (hash, rest) = rest.split_at_checked(16)?;
+        if !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        rest.strip_prefix("}:e:")
+    }
+
+    /// What a purge walks: every entry hash of the namespace (of one route, when that
+    /// is the selector).
+    fn scan_pattern(&self, selector: &Selector) -> String {
+        let mut pattern = glob_escape(&self.namespace);
+        pattern.push_str("{*}:e:");
+        if let Selector::Route(template) = selector {
+            pattern.push_str(&glob_escape(template));
+            pattern.push('|');
+        }
+        pattern.push('*');
+        pattern
     }
 
     fn message(&self, key: &str) -> String {
@@ -429,6 +522,330 @@ impl Inner {
         }
     }
 
+    /// Purges what `selector` reaches and announces it to every replica's L1; the
+    /// number of keys touched. A purge that stops part way (Redis failing, the overall
+    /// bound) still announces what it did, then fails.
+    async fn purge(self: &Arc<Self>, selector: &Selector, mode: Mode) -> Result<u64, StoreError> {
+        let mut touched = Vec::new();
+        let outcome = match selector {
+            Selector::Key(key) => {
+                self.purge_keys(selector, mode, vec![key.clone()], &mut touched)
+                    .await
+            }
+            _ => self.scan_and_purge(selector, mode, &mut touched).await,
+        };
+        let announced = self.announce(&touched).await;
+        if let Err(mut error) = outcome {
+            error.message = format!(
+                "{} ({} keys purged before it)",
+                error.message,
+                touched.len()
+            );
+            return Err(error);
+        }
+        announced.map_err(|mut error| {
+            error.message = format!(
+                "{} keys purged, but the replicas' L1 may keep them up to max_ttl: {}",
+                touched.len(),
+                error.message
+            );
+            error
+        })?;
+        Ok(touched.len() as u64)
+    }
+
+    /// Walks the namespace on every master (SCAN, batch by batch) and purges the keys
+    /// selected there.
+    async fn scan_and_purge(
+        self: &Arc<Self>,
+        selector: &Selector,
+        mode: Mode,
+        touched: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
+        let deadline = Instant::now() + PURGE_LIMIT;
+        let pattern = self.scan_pattern(selector);
+        // SCAN may return a key twice; each is purged (and counted) once.
+        let mut seen: HashSet<String> = HashSet::new();
+        for node in self.scan_nodes().await? {
+            let mut cursor = 0u64;
+            loop {
+                if Instant::now() >= deadline {
+                    return Err(StoreError {
+                        op: "purge",
+                        message: format!("stopped after {PURGE_LIMIT:?}"),
+                    });
+                }
+                let (next, names) = self.scan(node.as_ref(), cursor, &pattern).await?;
+                let keys: Vec<String> = names
+                    .iter()
+                    .filter_map(|name| std::str::from_utf8(name).ok())
+                    .filter_map(|name| self.cache_key_of(name))
+                    .filter(|key| selector.matches_key(key) != Some(false))
+                    .filter(|key| seen.insert(key.to_string()))
+                    .map(str::to_string)
+                    .collect();
+                for batch in keys.chunks(PURGE_BATCH) {
+                    self.purge_keys(selector, mode, batch.to_vec(), touched)
+                        .await?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where to SCAN: the one connection (None), or each master of a Cluster.
+    async fn scan_nodes(self: &Arc<Self>) -> Result<Vec<Option<(String, u16)>>, StoreError> {
+        if !matches!(self.target, RedisTarget::Cluster(_)) {
+            return Ok(vec![None]);
+        }
+        let slots = self
+            .run("purge", |c| async move {
+                match c {
+                    Handle::Cluster(mut c) => {
+                        c.route_command(
+                            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                        )
+                        .await
+                    }
+                    Handle::Node(mut c) => {
+                        redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await
+                    }
+                }
+            })
+            .await?;
+        let masters = masters_of(&slots);
+        if masters.is_empty() {
+            return Err(StoreError {
+                op: "purge",
+                message: "CLUSTER SLOTS named no master".into(),
+            });
+        }
+        Ok(masters.into_iter().map(Some).collect())
+    }
+
+    /// One SCAN step on `node` (None: the connection's node).
+    async fn scan(
+        self: &Arc<Self>,
+        node: Option<&(String, u16)>,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        self.run("purge", |c| async move {
+            match (c, node) {
+                (Handle::Cluster(mut c), Some((host, port))) => {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    Ok(redis::from_redis_value(
+                        c.route_command(cmd, routing).await?,
+                    )?)
+                }
+                (mut c, _) => cmd.query_async(&mut c).await,
+            }
+        })
+        .await
+    }
+
+    /// Purges one batch of candidate keys: reads them when the selector or the mode
+    /// needs their entries, then deletes (hard) or rewrites the selected variants stale
+    /// (soft). Keys it touched are appended to `touched`.
+    async fn purge_keys(
+        self: &Arc<Self>,
+        selector: &Selector,
+        mode: Mode,
+        keys: Vec<String>,
+        touched: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
+        let by_key = keys.iter().all(|k| selector.matches_key(k) == Some(true));
+        if mode == Mode::Hard && by_key {
+            let deleted = self.delete(&keys).await?;
+            touched.extend(
+                keys.into_iter()
+                    .zip(deleted)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(k, _)| k),
+            );
+            return Ok(());
+        }
+        let selected = self.read_selected(selector, keys).await?;
+        match mode {
+            Mode::Hard => {
+                let keys: Vec<String> = selected.into_iter().map(|s| s.key).collect();
+                let deleted = self.delete(&keys).await?;
+                touched.extend(
+                    keys.into_iter()
+                        .zip(deleted)
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(k, _)| k),
+                );
+            }
+            Mode::Soft => {
+                self.soften_all(&selected).await?;
+                touched.extend(selected.into_iter().map(|s| s.key));
+            }
+        }
+        Ok(())
+    }
+
+    /// `DEL` each key's hash and index; how many of the two each had.
+    async fn delete(self: &Arc<Self>, keys: &[String]) -> Result<Vec<i64>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let commands: Vec<Cmd> = keys
+            .iter()
+            .map(|k| {
+                redis::cmd("DEL")
+                    .arg(self.entry_key(k))
+                    .arg(self.index_key(k))
+                    .clone()
+            })
+            .collect();
+        self.run("purge", |c| async move {
+            join_all(commands.iter().map(|cmd| {
+                let mut c = c.clone();
+                async move { cmd.query_async::<i64>(&mut c).await }
+            }))
+            .await
+            .into_iter()
+            .collect()
+        })
+        .await
+    }
+
+    /// The keys among `keys` with at least one live variant `selector` reaches.
+    async fn read_selected(
+        self: &Arc<Self>,
+        selector: &Selector,
+        keys: Vec<String>,
+    ) -> Result<Vec<Selected>, StoreError> {
+        let hashes: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
+        let all: Vec<Vec<(String, Vec<u8>)>> = self
+            .run("purge", |c| async move {
+                join_all(hashes.iter().map(|h| {
+                    let mut c = c.clone();
+                    async move {
+                        let fields: std::collections::HashMap<String, Vec<u8>> =
+                            redis::cmd("HGETALL").arg(h).query_async(&mut c).await?;
+                        Ok(fields.into_iter().collect())
+                    }
+                }))
+                .await
+                .into_iter()
+                .collect()
+            })
+            .await?;
+        let now = SystemTime::now();
+        Ok(keys
+            .into_iter()
+            .zip(all)
+            .filter_map(|(key, fields)| {
+                let variants: Vec<(String, Vec<u8>, CacheEntry)> = fields
+                    .into_iter()
+                    .filter_map(|(field, raw)| {
+                        // Undecodable bytes are nobody's entry: a purge leaves them.
+                        let e = entry::decode(&raw)?;
+                        (e.keep_until() > now && selector.matches(&key, &e))
+                            .then_some((field, raw, e))
+                    })
+                    .collect();
+                (!variants.is_empty()).then_some(Selected { key, variants })
+            })
+            .collect())
+    }
+
+    /// Rewrites each selected variant stale through the insert script (same TTL and
+    /// index logic as an insert), unless it changed since it was read.
+    async fn soften_all(self: &Arc<Self>, selected: &[Selected]) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        let mut writes = Vec::new();
+        for s in selected {
+            for (field, raw, e) in &s.variants {
+                if e.fresh_until < now {
+                    continue; // already stale: nothing to change
+                }
+                let soft = soften(e, now);
+                writes.push((
+                    self.entry_key(&s.key),
+                    self.index_key(&s.key),
+                    field.clone(),
+                    entry::encode(&soft),
+                    millis(soft.keep_until()),
+                    raw.clone(),
+                ));
+            }
+        }
+        let script = &self.insert_script;
+        for batch in writes.chunks(PURGE_BATCH) {
+            self.run("purge", |c| async move {
+                join_all(batch.iter().map(|(hash, index, field, value, keep, old)| {
+                    let mut c = c.clone();
+                    async move {
+                        script
+                            .key(hash)
+                            .key(index)
+                            .arg(field)
+                            .arg(value)
+                            .arg(keep)
+                            .arg(millis(now))
+                            .arg(MAX_VARIANTS)
+                            .arg("")
+                            .arg("")
+                            .arg(old)
+                            .invoke_async::<i64>(&mut c)
+                            .await
+                    }
+                }))
+                .await
+                .into_iter()
+                .collect::<RedisResult<Vec<i64>>>()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Tells every replica's L1 to drop `keys` (or everything, when there are many).
+    async fn announce(self: &Arc<Self>, keys: &[String]) -> Result<(), StoreError> {
+        let messages: Vec<String> = if keys.len() > ANNOUNCE_KEYS_MAX {
+            vec![self.message(CLEAR_ALL)]
+        } else {
+            keys.iter().map(|k| self.message(k)).collect()
+        };
+        let channel = self.channel.as_str();
+        for batch in messages.chunks(PURGE_BATCH) {
+            self.run("purge", |c| async move {
+                join_all(batch.iter().map(|m| {
+                    let mut c = c.clone();
+                    async move {
+                        redis::cmd("PUBLISH")
+                            .arg(channel)
+                            .arg(m)
+                            .query_async::<i64>(&mut c)
+                            .await
+                    }
+                }))
+                .await
+                .into_iter()
+                .collect::<RedisResult<Vec<i64>>>()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     fn failed(self: &Arc<Self>) {
         if self.breaker.failed() {
             // The connection that kept failing is suspect (a half-open TCP socket never
@@ -499,6 +916,13 @@ impl Store for RedisStore {
             })
             .await?;
         Ok(removed > 0)
+    }
+
+    /// Key: one hash, no scan. Route, prefix, tag: SCAN of the namespace on every
+    /// master, selected by key name (route, prefix) or by the entries' tags, in batches
+    /// each bounded by the store's timeout, the whole by `PURGE_LIMIT`.
+    async fn purge(&self, selector: &Selector, mode: Mode) -> Result<u64, StoreError> {
+        self.inner.purge(selector, mode).await
     }
 
     async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<Lease, StoreError> {
@@ -695,9 +1119,8 @@ mod tests {
         assert!(b.is_closed() && b.allow());
     }
 
-    #[test]
-    fn keys_of_one_cache_key_share_a_hash_tag_even_with_braces_in_the_key() {
-        let inner = Inner {
+    fn test_inner() -> Inner {
+        Inner {
             target: RedisTarget::Single("redis://127.0.0.1:1".into()),
             timeout: Duration::from_millis(50),
             namespace: "cg:v1:".into(),
@@ -709,7 +1132,12 @@ mod tests {
             insert_script: redis::Script::new(INSERT_LUA),
             remove_script: redis::Script::new(REMOVE_LUA),
             release_script: redis::Script::new(RELEASE_LUA),
-        };
+        }
+    }
+
+    #[test]
+    fn keys_of_one_cache_key_share_a_hash_tag_even_with_braces_in_the_key() {
+        let inner = test_inner();
         let key = "GET /users/{id}|id=1";
         let tag = |k: &str| {
             let start = k.find('{').unwrap();
@@ -722,5 +1150,58 @@ mod tests {
         assert_eq!(tag(&e), tag(&inner.index_key(key)));
         assert_ne!(tag(&e), tag(&inner.entry_key("GET /users/{id}|id=2")));
         assert_eq!(tag(&e).len(), 18, "16 hex digits in braces");
+    }
+
+    #[test]
+    fn a_purge_reads_cache_keys_back_from_entry_hash_names_only() {
+        let inner = test_inner();
+        let key = "/users/{id}|id=1|";
+        assert_eq!(inner.cache_key_of(&inner.entry_key(key)), Some(key));
+        assert_eq!(inner.cache_key_of(&inner.index_key(key)), None);
+        assert_eq!(inner.cache_key_of(&inner.lock_key(key)), None);
+        // An index whose key text contains ":e:" matches the SCAN pattern, not the parse.
+        assert_eq!(inner.cache_key_of(&inner.index_key("/a}:e:b|")), None);
+        assert_eq!(
+            inner.cache_key_of("other:v1:{0123456789abcdef}:e:/x|"),
+            None
+        );
+        assert_eq!(inner.cache_key_of("cg:v1:{0123456789abcdeg}:e:/x|"), None);
+
+        assert_eq!(
+            inner.scan_pattern(&Selector::Tag("t".into())),
+            "cg:v1:{*}:e:*"
+        );
+        assert_eq!(
+            inner.scan_pattern(&Selector::Route("/{*rest}".into())),
+            "cg:v1:{*}:e:/{\\*rest}|*"
+        );
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn masters_come_from_cluster_slots_once_each() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |a: i64, b: i64, master: Value, replica: Value| {
+            Value::Array(vec![Value::Int(a), Value::Int(b), master, replica])
+        };
+        let slots = Value::Array(vec![
+            range(0, 100, node("10.0.0.1", 7000), node("10.0.0.4", 7003)),
+            range(101, 200, node("10.0.0.2", 7001), node("10.0.0.5", 7004)),
+            range(201, 300, node("10.0.0.1", 7000), node("10.0.0.4", 7003)),
+        ]);
+        assert_eq!(
+            masters_of(&slots),
+            vec![
+                ("10.0.0.1".to_string(), 7000),
+                ("10.0.0.2".to_string(), 7001)
+            ]
+        );
+        assert!(masters_of(&Value::Nil).is_empty());
     }
 }

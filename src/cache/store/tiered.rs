@@ -11,8 +11,9 @@ use http::HeaderMap;
 use moka::future::Cache;
 use moka::Expiry;
 
-use super::redis::RedisStore;
+use super::redis::{RedisStore, CLEAR_ALL};
 use super::{Health, Lease, Store, StoreError, MAX_VARIANTS};
+use crate::cache::purge::{Mode, Selector};
 use crate::cache::CacheEntry;
 use crate::config::L1Config;
 
@@ -168,7 +169,12 @@ async fn subscribe(l2: Arc<RedisStore>, l1: Cache<String, Variants>, shared: Arc
                         continue;
                     };
                     shared.epoch.fetch_add(1, Ordering::AcqRel);
-                    l1.invalidate(key).await;
+                    if key == CLEAR_ALL {
+                        // A purge too large to announce key by key.
+                        l1.invalidate_all();
+                    } else {
+                        l1.invalidate(key).await;
+                    }
                 }
                 _ = heartbeat.tick() => {
                     let ping = tokio::time::timeout(HEARTBEAT, sink.ping::<redis::Value>());
@@ -250,6 +256,26 @@ impl Store for TieredStore {
         let in_l1 = self.l1.remove(key).await.is_some();
         let removed = self.l2.remove(key).await?;
         Ok(removed || in_l1)
+    }
+
+    /// L2 first (it announces to the other replicas), then this replica's L1, which
+    /// drops what the selector reaches either way: L1 holds fresh copies only, so a soft
+    /// purge is served stale from L2 next. Also when L2 failed, so this replica at least
+    /// is purged; the error still reaches the caller.
+    async fn purge(&self, selector: &Selector, mode: Mode) -> Result<u64, StoreError> {
+        let purged = self.l2.purge(selector, mode).await;
+        // A lookup that read L2 before the purge must not refill L1 after it.
+        self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+        let local: Vec<Arc<String>> = self
+            .l1
+            .iter()
+            .filter(|(key, variants)| variants.iter().any(|e| selector.matches(key, e)))
+            .map(|(key, _)| key)
+            .collect();
+        for key in local {
+            self.l1.invalidate(key.as_str()).await;
+        }
+        purged
     }
 
     async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<Lease, StoreError> {

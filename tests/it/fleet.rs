@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cachegate::cache::store::Health;
 
 use crate::redis_store::proxy_with_store;
+use crate::support::fleet::eventually;
 use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer};
 use crate::support::{proxy, Origin, Proxy, Reply, Resp};
 
@@ -40,18 +41,6 @@ async fn spread_burst(replicas: &[Proxy], n: usize, path: &str) -> Vec<Resp> {
         out.push(t.await.unwrap());
     }
     out
-}
-
-/// Polls `done` every 20 ms for at most `limit`; false when it never held.
-async fn eventually(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 /// Sends GETs for `paths` from `per_replica` loops on each replica until `stop` is set

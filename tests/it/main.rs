@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod coalescing;
 mod fleet;
+mod fleet_purge;
 mod forwarding;
 mod keys;
 mod purge;

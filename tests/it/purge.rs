@@ -3,28 +3,17 @@
 
 use std::time::Duration;
 
+use crate::support::fleet::{admin_purge, admin_yaml, TOKEN};
 use crate::support::{proxy, Origin, Proxy, Reply};
 
-const TOKEN: &str = "s3cret-token";
-
 async fn start(origin: &Origin) -> (Proxy, String) {
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let yaml = format!(
-        "{}admin: {{ listen: 127.0.0.1:{admin_port}, token: {TOKEN} }}\n",
-        proxy::config_yaml(
-            &origin.url(),
-            "ttl: 60s, stale: 60s, jitter: 0",
-            "  - path: /users/{id}\n    upstream: origin\n  - path: /{*rest}\n    upstream: origin\n"
-        )
-    );
-    (
-        Proxy::start(&yaml).await,
-        format!("http://127.0.0.1:{admin_port}"),
-    )
+    let (admin_yaml, admin) = admin_yaml();
+    let yaml = proxy::config_yaml(
+        &origin.url(),
+        "ttl: 60s, stale: 60s, jitter: 0",
+        "  - path: /users/{id}\n    upstream: origin\n  - path: /{*rest}\n    upstream: origin\n",
+    ) + &admin_yaml;
+    (Proxy::start(&yaml).await, admin)
 }
 
 fn origin_handler(s: &crate::support::origin::Seen) -> Reply {
@@ -34,16 +23,6 @@ fn origin_handler(s: &crate::support::origin::Seen) -> Reply {
         "other"
     };
     Reply::ok(format!("{} #{}", s.path, s.n)).header("surrogate-key", &format!("{tag} all"))
-}
-
-async fn admin_purge(admin: &str, query: &str, token: &str) -> (u16, String) {
-    let r = proxy::client()
-        .post(format!("{admin}/purge?{query}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ pub mod raw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -25,7 +26,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin: AdminConfig,
     pub upstreams: Vec<Upstream>,
-    pub routes: Vec<Route>,
+    /// Shared, so a detached fetch or refresh can hold its route without copying it.
+    pub routes: Vec<Arc<Route>>,
     pub store: StoreConfig,
     pub limits: Limits,
     /// How long a key whose response was not storable skips coalescing.
@@ -378,14 +380,14 @@ impl Validator {
                 })?;
                 headers.push(name);
             }
-            routes.push(Route {
+            routes.push(Arc::new(Route {
                 template: r.path.clone(),
                 upstream,
                 cache: r.cache.unwrap_or(true),
                 policy,
                 key: KeySpec::new(r.key.query.clone(), headers),
                 show_key: r.show_key.unwrap_or(false),
-            });
+            }));
         }
         if routes.is_empty() {
             return Err(self.err("routes", "at least one route is required"));

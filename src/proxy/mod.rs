@@ -91,7 +91,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
 /// Chooses the path for a matched request: bypass, the cache, or unsafe-method forwarding.
 async fn dispatch(
     state: &Arc<AppState>,
-    route: &Route,
+    route: &Arc<Route>,
     params: &[(String, String)],
     inbound: Inbound,
     body: Body,
@@ -143,7 +143,7 @@ async fn purge_url(state: &AppState, parts: &Parts) -> Response {
 /// GET and HEAD: serve from the store when possible, else fetch once for everyone.
 async fn lookup_or_fetch(
     state: &Arc<AppState>,
-    route: &Route,
+    route: &Arc<Route>,
     key: &str,
     inbound: Inbound,
 ) -> (Response, CacheStatus) {
@@ -191,7 +191,7 @@ async fn lookup_or_fetch(
     for _ in 0..3 {
         match state.locks.lock(key) {
             Lock::Leader(permit) => {
-                return lead(state, route, key, &inbound, found, fwd, permit).await
+                return lead(state, route, key, inbound, found, fwd, permit).await
             }
             Lock::Follower(waiter) => {
                 let wait = state.origins.upstream(route.upstream).timeout + Duration::from_secs(1);
@@ -219,9 +219,9 @@ async fn lookup_or_fetch(
 /// another replica stored, or fetches. Its waiters get the outcome either way.
 async fn lead(
     state: &Arc<AppState>,
-    route: &Route,
+    route: &Arc<Route>,
     key: &str,
-    inbound: &Inbound,
+    inbound: Inbound,
     found: Option<Arc<CacheEntry>>,
     fwd: Fwd,
     permit: Permit<Shared>,
@@ -240,34 +240,51 @@ async fn lead(
         Some(Some(_)) => state.newer_than(key, headers, newer_than).await,
         Some(None) => None,
     };
-    let answer = match from_fleet {
-        Some(entry) => {
-            let now = SystemTime::now();
-            let status = with_key(
-                CacheStatus {
-                    fwd: Some(fwd),
-                    collapsed: true,
-                    ttl: Some(entry.ttl_secs(now)),
-                    ..Default::default()
-                },
-                route,
-                key,
-            );
-            let response = respond_entry(&entry, inbound, now, &status);
-            let entry_status = entry.status;
-            permit.release(Shared::Entry(entry, entry_status));
-            (response, status)
+    if let Some(entry) = from_fleet {
+        let now = SystemTime::now();
+        let status = with_key(
+            CacheStatus {
+                fwd: Some(fwd),
+                collapsed: true,
+                ttl: Some(entry.ttl_secs(now)),
+                ..Default::default()
+            },
+            route,
+            key,
+        );
+        let response = respond_entry(&entry, &inbound, now, &status);
+        let entry_status = entry.status;
+        permit.release(Shared::Entry(entry, entry_status));
+        if let Some(Some(token)) = lease {
+            state.release_lease(key, &token).await;
         }
-        None => {
-            let fetched = fetch(state, route, key, inbound, found, fwd).await;
+        return (response, status);
+    }
+    // The fetch runs in its own task: a client that goes away does not cancel the fetch
+    // its waiters (and the cache) are counting on.
+    let task = tokio::spawn({
+        let (state, route, key) = (state.clone(), route.clone(), key.to_string());
+        async move {
+            let fetched = fetch(&state, &route, &key, &inbound, found, fwd).await;
             permit.release(fetched.shared);
+            if let Some(Some(token)) = lease {
+                state.release_lease(&key, &token).await;
+            }
             (fetched.response, fetched.status)
         }
-    };
-    if let Some(Some(token)) = lease {
-        state.release_lease(key, &token).await;
+        .in_current_span()
+    });
+    match task.await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::error!(error = %e, key, "fetch task failed");
+            let status = CacheStatus::forward(fwd);
+            (
+                error_response(ProxyError::Upstream("fetch task failed".into()), &status),
+                status,
+            )
+        }
     }
-    answer
 }
 
 /// A waiter's answer from its leader's outcome.

@@ -15,7 +15,7 @@ use super::{cache_request, fetch, Inbound, Shared};
 /// Starts a background refresh of `key` unless one (or a miss fetch) is already running.
 pub fn spawn(
     state: &Arc<AppState>,
-    route: &Route,
+    route: &Arc<Route>,
     key: &str,
     stale: Arc<CacheEntry>,
     inbound: &Inbound,

@@ -15,7 +15,7 @@ pub struct Matched {
 }
 
 impl RouteTable {
-    pub fn new(routes: &[Route]) -> Self {
+    pub fn new(routes: &[std::sync::Arc<Route>]) -> Self {
         let mut router = matchit::Router::new();
         for (i, r) in routes.iter().enumerate() {
             router

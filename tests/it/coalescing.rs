@@ -137,3 +137,40 @@ async fn origin_failure_is_shared_by_waiters_not_retried_by_each() {
     );
     assert!(resps.iter().all(|r| r.body == "origin unreachable\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_disconnects_does_not_cancel_the_fetch() {
+    let origin =
+        Origin::start(|s| Reply::ok(format!("v{}", s.n)).delay(Duration::from_millis(600))).await;
+    let p = Proxy::simple(&origin.url(), "ttl: 60s").await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let gave_up = impatient.get(p.url("/slow")).send().await;
+    assert!(
+        gave_up.is_err(),
+        "the first client hung up before the origin answered"
+    );
+
+    // A request that arrives while the fetch still runs waits for it rather than refetching.
+    let waiter = p.get("/slow").await;
+    assert_eq!(waiter.body, "v0");
+    assert!(
+        waiter.cache_status().contains("collapsed"),
+        "{}",
+        waiter.cache_status()
+    );
+    let later = p.get("/slow").await;
+    assert!(
+        later.cache_status().starts_with("cachegate; hit"),
+        "{}",
+        later.cache_status()
+    );
+    assert_eq!(
+        origin.hits("/slow"),
+        1,
+        "the abandoned client's fetch filled the cache"
+    );
+}

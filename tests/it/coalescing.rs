@@ -1,33 +1,8 @@
 //! A cache stampede never reaches the origin: concurrent misses make one request.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{proxy, Origin, Proxy, Reply, Resp};
-
-/// Sends `n` GETs for `path` released together by a barrier.
-async fn burst(
-    p: &Proxy,
-    n: usize,
-    path: &str,
-    headers: &'static [(&'static str, &'static str)],
-) -> Vec<Resp> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    let client = proxy::client();
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let (barrier, client, url) = (barrier.clone(), client.clone(), p.url(path));
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            proxy::send(&client, "GET", &url, headers).await
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
-}
+use crate::support::{Origin, Proxy, Reply};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cold_key_200_concurrent_requests_make_one_origin_request() {
@@ -36,7 +11,7 @@ async fn cold_key_200_concurrent_requests_make_one_origin_request() {
             .await;
     let p = Proxy::simple(&origin.url(), "ttl: 60s").await;
 
-    let resps = burst(&p, 200, "/users/1", &[]).await;
+    let resps = p.burst(200, "/users/1", &[]).await;
 
     assert_eq!(
         origin.hits("/users/1"),
@@ -72,7 +47,7 @@ async fn uncacheable_response_releases_waiters_to_the_origin_concurrently() {
     .await;
     let p = Proxy::simple(&origin.url(), "ttl: 60s").await;
 
-    let resps = burst(&p, 20, "/me", &[]).await;
+    let resps = p.burst(20, "/me", &[]).await;
 
     assert!(resps
         .iter()
@@ -105,7 +80,7 @@ async fn client_no_cache_revalidates_through_one_coalesced_request() {
     // keeps the flight open while a loaded machine works through the burst.
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let resps = burst(&p, 200, "/x", &[("cache-control", "no-cache")]).await;
+    let resps = p.burst(200, "/x", &[("cache-control", "no-cache")]).await;
 
     assert_eq!(
         origin.hits("/x"),
@@ -130,7 +105,7 @@ async fn origin_failure_is_shared_by_waiters_not_retried_by_each() {
     let url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let p = Proxy::simple(&url, "ttl: 60s").await;
-    let resps = burst(&p, 50, "/down", &[]).await;
+    let resps = p.burst(50, "/down", &[]).await;
     assert!(
         resps.iter().all(|r| r.status == 502),
         "connect failure is a 502 for everyone"

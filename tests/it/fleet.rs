@@ -11,7 +11,7 @@ use cachegate::cache::store::Health;
 use crate::redis_store::proxy_with_store;
 use crate::support::fleet::eventually;
 use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer};
-use crate::support::{proxy, Origin, Proxy, Reply, Resp};
+use crate::support::{proxy, Origin, Proxy, Reply};
 
 const L1: &str = "{ max_size: 16MiB, max_ttl: 30s }";
 
@@ -21,26 +21,6 @@ async fn fleet(origin: &Origin, defaults: &str, store_yaml: &str) -> Vec<Proxy> 
         replicas.push(proxy_with_store(origin, defaults, store_yaml).await);
     }
     replicas
-}
-
-/// `n` GETs for `path` released together, spread round-robin over the replicas.
-async fn spread_burst(replicas: &[Proxy], n: usize, path: &str) -> Vec<Resp> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    let client = proxy::client();
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let url = replicas[i % replicas.len()].url(path);
-        let (barrier, client) = (barrier.clone(), client.clone());
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            proxy::send(&client, "GET", &url, &[]).await
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
 }
 
 /// Sends GETs for `paths` from `per_replica` loops on each replica until `stop` is set
@@ -103,7 +83,7 @@ async fn three_replicas_300_cold_requests_make_one_origin_request() {
         Origin::start(|s| Reply::ok(format!("v{}", s.n)).delay(Duration::from_millis(300))).await;
     let replicas = fleet(&origin, "ttl: 60s", &redis.store_yaml("500ms", L1)).await;
 
-    let resps = spread_burst(&replicas, 300, "/cold").await;
+    let resps = proxy::burst(&replicas, 300, "/cold", &[]).await;
 
     assert!(resps.iter().all(|r| r.status == 200 && r.body == "v0"));
     assert_eq!(origin.hits("/cold"), 1, "one origin request for the fleet");
@@ -135,7 +115,7 @@ async fn stale_key_gets_one_background_refresh_per_fleet_over_three_expiries() {
 
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let resps = spread_burst(&replicas, 300, "/hot").await;
+        let resps = proxy::burst(&replicas, 300, "/hot", &[]).await;
         let want = format!("v{round}");
         for r in &resps {
             assert_eq!(r.status, 200);
@@ -281,7 +261,7 @@ async fn cluster_fleet_coalesces_a_cold_key_and_survives_losing_a_master() {
         Origin::start(|s| Reply::ok(format!("v{}", s.n)).delay(Duration::from_millis(300))).await;
     let replicas = fleet(&origin, "ttl: 60s", &cluster.store_yaml("500ms", L1)).await;
 
-    let resps = spread_burst(&replicas, 300, "/cold").await;
+    let resps = proxy::burst(&replicas, 300, "/cold", &[]).await;
     assert!(resps.iter().all(|r| r.status == 200 && r.body == "v0"));
     assert_eq!(origin.hits("/cold"), 1, "one origin request for the fleet");
 

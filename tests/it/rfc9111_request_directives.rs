@@ -3,33 +3,9 @@
 //! `client_no_cache: revalidate | ignore`, with the stampede guarantee for client
 //! `no-cache`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{proxy, Origin, Proxy, Reply, Resp};
-
-async fn burst(
-    p: &Proxy,
-    n: usize,
-    path: &str,
-    headers: &'static [(&'static str, &'static str)],
-) -> Vec<Resp> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    let client = proxy::client();
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let (barrier, client, url) = (barrier.clone(), client.clone(), p.url(path));
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            proxy::send(&client, "GET", &url, headers).await
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
-}
+use crate::support::{proxy, Origin, Proxy, Reply};
 
 /// An origin answering `v{n}` with an ETag, 304 to a matching If-None-Match.
 async fn counting_origin() -> Origin {
@@ -281,14 +257,14 @@ async fn two_hundred_client_no_cache_requests_make_one_origin_request() {
     let p = Proxy::simple(&origin.url(), "ttl: 600s, jitter: 0").await;
     p.get("/cnc").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let resps = burst(&p, 200, "/cnc", &[("cache-control", "no-cache")]).await;
+    let resps = p.burst(200, "/cnc", &[("cache-control", "no-cache")]).await;
     assert_eq!(
         origin.hits("/cnc"),
         2,
         "200 no-cache clients, one origin request"
     );
     assert!(resps.iter().all(|r| r.status == 200 && r.body == "v1"));
-    let resps = burst(&p, 200, "/cnc", &[("pragma", "no-cache")]).await;
+    let resps = p.burst(200, "/cnc", &[("pragma", "no-cache")]).await;
     assert!(resps.iter().all(|r| r.status == 200));
     assert!(
         origin.hits("/cnc") <= 3,

@@ -3,33 +3,9 @@
 //! `immutable`), §3.5 (Authorization) and RFC 5861 (`stale-while-revalidate`,
 //! `stale-if-error`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{proxy, Origin, Proxy, Reply, Resp};
-
-async fn burst(
-    p: &Proxy,
-    n: usize,
-    path: &str,
-    headers: &'static [(&'static str, &'static str)],
-) -> Vec<Resp> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    let client = proxy::client();
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let (barrier, client, url) = (barrier.clone(), client.clone(), p.url(path));
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            proxy::send(&client, "GET", &url, headers).await
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
-}
+use crate::support::{Origin, Proxy, Reply, Resp};
 
 #[tokio::test]
 async fn no_store_is_never_stored_even_with_max_age() {
@@ -446,7 +422,7 @@ async fn two_hundred_requests_for_a_no_cache_entry_make_one_origin_request() {
     let p = Proxy::simple(&origin.url(), "ttl: 60s, jitter: 0").await;
     assert_eq!(p.get("/flood").await.body, "v0");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let resps = burst(&p, 200, "/flood", &[]).await;
+    let resps = p.burst(200, "/flood", &[]).await;
     assert!(resps.iter().all(|r| r.status == 200));
     assert_eq!(origin.hits("/flood"), 2, "200 clients, one revalidation");
 }

@@ -2,7 +2,6 @@
 //! `fwd`, `fwd-status`, `stored`, `collapsed`, `ttl`, `key` (only when the route shows
 //! it) and `detail`; members from caches nearer the origin are kept first.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::{proxy, Origin, Proxy, Reply};
@@ -168,19 +167,9 @@ async fn client_no_cache_on_a_fresh_entry_is_fwd_request() {
 async fn waiters_say_collapsed() {
     let origin = Origin::start(|_| Reply::ok("x").delay(Duration::from_millis(300))).await;
     let p = Proxy::simple(&origin.url(), "ttl: 60s").await;
-    let barrier = Arc::new(tokio::sync::Barrier::new(20));
-    let client = proxy::client();
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let (barrier, client, url) = (barrier.clone(), client.clone(), p.url("/c"));
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            proxy::send(&client, "GET", &url, &[]).await
-        }));
-    }
+    let resps = p.burst(20, "/c", &[]).await;
     let mut collapsed = 0;
-    for t in tasks {
-        let r = t.await.unwrap();
+    for r in resps {
         if r.cache_status()
             .contains("fwd=miss; fwd-status=200; collapsed")
         {

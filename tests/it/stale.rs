@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{proxy, Origin, Proxy, Reply};
+use crate::support::{Origin, Proxy, Reply};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_key_serves_200_clients_at_once_with_one_refresh() {
@@ -19,18 +19,7 @@ async fn stale_key_serves_200_clients_at_once_with_one_refresh() {
     assert_eq!(p.get("/hot").await.body, "v0");
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let client = proxy::client();
-    let barrier = Arc::new(tokio::sync::Barrier::new(200));
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
-        let (barrier, client, url) = (barrier.clone(), client.clone(), p.url("/hot"));
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            proxy::send(&client, "GET", &url, &[]).await
-        }));
-    }
-    for t in tasks {
-        let r = t.await.unwrap();
+    for r in p.burst(200, "/hot", &[]).await {
         // Had any client waited for the 800ms refresh it would have the new body.
         assert_eq!(r.body, "v0");
         assert!(

@@ -92,6 +92,16 @@ impl Proxy {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `n` concurrent GETs for `path` released together (see `burst`).
+    pub async fn burst(
+        &self,
+        n: usize,
+        path: &str,
+        headers: &'static [(&'static str, &'static str)],
+    ) -> Vec<Resp> {
+        burst(std::slice::from_ref(self), n, path, headers).await
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         self.request("GET", path, &[]).await
     }
@@ -121,6 +131,32 @@ impl Drop for Proxy {
             task.abort();
         }
     }
+}
+
+/// Sends `n` GETs for `path`, released together by a barrier and spread round-robin over
+/// `targets`: the stampede every coalescing test needs.
+pub async fn burst(
+    targets: &[Proxy],
+    n: usize,
+    path: &str,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<Resp> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let client = client();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let url = targets[i % targets.len()].url(path);
+        let (barrier, client) = (barrier.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            send(&client, "GET", &url, headers).await
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }
 
 pub fn client() -> reqwest::Client {

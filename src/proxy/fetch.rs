@@ -108,16 +108,11 @@ pub async fn fetch(
             if !parts.status.is_server_error() {
                 state.hit_for_miss.insert(key.to_string(), ());
             }
-            let response = respond::passthrough(
+            return not_stored(
+                inbound,
                 Response::from_parts(parts, Body::new(body)),
-                &inbound.parts.method,
-                &status,
-            );
-            return Fetched {
-                response,
                 status,
-                shared: Shared::Uncacheable,
-            };
+            );
         }
     };
 
@@ -128,16 +123,7 @@ pub async fn fetch(
             status.detail = Some(Detail::TooLarge);
             state.hit_for_miss.insert(key.to_string(), ());
             let body = origin::chain_body(prefix, rest);
-            let response = respond::passthrough(
-                Response::from_parts(parts, body),
-                &inbound.parts.method,
-                &status,
-            );
-            return Fetched {
-                response,
-                status,
-                shared: Shared::Uncacheable,
-            };
+            return not_stored(inbound, Response::from_parts(parts, body), status);
         }
         Err(error) => {
             // A body cut short is never stored; a stale copy may still answer.
@@ -192,6 +178,16 @@ pub async fn fetch(
         response,
         status,
         shared: Shared::Entry(entry, fwd_status),
+    }
+}
+
+/// A response that is not stored streams through to this client; waiters go to the
+/// origin themselves (a private answer is never shared).
+fn not_stored(inbound: &Inbound, response: Response, status: CacheStatus) -> Fetched {
+    Fetched {
+        response: respond::passthrough(response, &inbound.parts.method, &status),
+        status,
+        shared: Shared::Uncacheable,
     }
 }
 

@@ -1,9 +1,10 @@
 //! The shared store (L2): Redis single node, Sentinel or Cluster through redis-rs, one
 //! hash per cache key, a `SET NX PX` lease, and a circuit breaker that fails fast.
+//! `rediss://` URLs connect over TLS (rustls; `#insecure` skips certificate checks).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Once, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -12,8 +13,11 @@ use http::HeaderMap;
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisFuture,
+    RedisResult, TlsMode, Value,
+};
 
 use super::{Health, Lease, Store, StoreError, MAX_VARIANTS};
 use crate::cache::entry::{self, FORMAT_VERSION};
@@ -160,6 +164,7 @@ impl RedisStore {
     /// Connects to the configured target. An unreachable Redis is not fatal: the store
     /// starts degraded (misses, origin traffic) and connects when Redis appears.
     pub async fn connect(config: &RedisConfig) -> anyhow::Result<RedisStore> {
+        install_crypto_provider();
         validate(&config.target)?;
         let inner = Arc::new(Inner {
             target: config.target.clone(),
@@ -296,6 +301,44 @@ fn glob_escape(text: &str) -> String {
     out
 }
 
+/// rustls needs a process-wide crypto provider for the first `rediss://` handshake, and
+/// redis-rs builds it without choosing one. rustls falls back on its crate features only
+/// while exactly one provider is compiled in, so ring is installed explicitly: a
+/// dependency that also enables aws-lc-rs must not break TLS. Here rather than in
+/// `main`, so every user of the store (tests included) gets it. Another part of the
+/// process may have installed one first: that one serves.
+fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// How to reach the master the sentinels name: the way the first sentinel node URL
+/// reaches its sentinel. Its TLS mode (`rediss://`, `#insecure`), its credentials and
+/// its db carry over to the master. (A sentinel without a password of its own accepts
+/// `redis://default:PASS@host`: `AUTH default PASS` succeeds for a `nopass` user, while
+/// the one-argument `AUTH PASS` is refused.)
+fn sentinel_master_info(nodes: &[String]) -> RedisResult<SentinelNodeConnectionInfo> {
+    let Some(first) = nodes.first() else {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "no sentinel nodes",
+        )));
+    };
+    let info = first.as_str().into_connection_info()?;
+    let mut node = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(info.redis_settings().clone());
+    if let ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
+        node = node.set_tls_mode(if *insecure {
+            TlsMode::Insecure
+        } else {
+            TlsMode::Secure
+        });
+    }
+    Ok(node)
+}
+
 fn validate(target: &RedisTarget) -> anyhow::Result<()> {
     let urls: Vec<&String> = match target {
         RedisTarget::Single(url) => vec![url],
@@ -413,7 +456,7 @@ impl Inner {
         let mut sentinel = SentinelClient::build(
             nodes.clone(),
             master.clone(),
-            None,
+            Some(sentinel_master_info(nodes)?),
             SentinelServerType::Master,
         )?;
         sentinel.async_get_client().await

@@ -11,6 +11,7 @@ mod forwarding;
 mod keys;
 mod purge;
 mod redis_store;
+mod redis_tls;
 mod rfc9110_ranges;
 mod rfc9111_freshness;
 mod rfc9111_invalidation;

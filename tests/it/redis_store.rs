@@ -173,3 +173,49 @@ async fn sentinel_round_trip() {
     let keys = set.master.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
     assert!(!keys.is_empty(), "written to the master sentinel named");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_node_with_a_password_round_trip() {
+    // `default` has a password (requirepass) and an ACL user has its own: both kinds of
+    // credentials in the URL reach the command and the pub/sub connections.
+    let redis = RedisServer::start_with_password(
+        "s3cret",
+        &["--user", "alice", "on", ">alice-pass", "~*", "&*", "+@all"],
+    );
+    let default_user = redis.store_yaml(TIMEOUT, L1);
+    assert!(default_user.contains("default:s3cret@"), "{default_user}");
+    round_trip(&default_user).await;
+    let keys = redis.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
+    assert!(!keys.is_empty(), "the entry is in Redis");
+
+    redis.cli(&["FLUSHALL"]);
+    round_trip(&default_user.replace("default:s3cret@", "alice:alice-pass@")).await;
+    let keys = redis.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
+    assert!(!keys.is_empty(), "the entry is in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_password_serves_from_the_origin_degraded() {
+    let redis = RedisServer::start_with_password("right", &[]);
+    let store = redis
+        .store_yaml("100ms", L1)
+        .replace("default:right@", "default:wrong@");
+    let origin = Origin::start(|s| Reply::ok(format!("v{}", s.n))).await;
+    let p = proxy_with_store(&origin, "ttl: 60s", &store).await;
+    for _ in 0..3 {
+        assert_eq!(p.get("/x").await.status, 200);
+    }
+    assert_eq!(p.state.store.health(), Health::Degraded);
+    assert_eq!(redis.cli(&["DBSIZE"]), "0", "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_with_a_password_on_the_data_nodes_round_trip() {
+    // The password in the sentinel node URLs authenticates to the master they name.
+    let set = RedisSentinel::start_with_password(Some("m4ster"));
+    let store = set.store_yaml(TIMEOUT, L1);
+    assert!(store.contains("default:m4ster@"), "{store}");
+    round_trip(&store).await;
+    let keys = set.master.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
+    assert!(!keys.is_empty(), "written to the master sentinel named");
+}

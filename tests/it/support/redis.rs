@@ -1,5 +1,7 @@
-//! Real `redis-server` processes for the store tests: a single node, a 3-master Cluster
-//! and a Sentinel set, each on free loopback ports in its own temp dir, killed on drop.
+//! Real `redis-server` processes for the store tests: a single node (plain, with a
+//! password, or TLS-only), a 3-master Cluster and a Sentinel set (optionally with a
+//! password on its data nodes), each on free loopback ports in its own temp dir, killed
+//! on drop.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,6 +16,10 @@ pub struct RedisServer {
     args: Vec<String>,
     dir: PathBuf,
     child: Option<Child>,
+    /// `requirepass`: the fixture's own commands authenticate with it.
+    password: Option<String>,
+    /// TLS only (`--port 0 --tls-port`), with a self-signed certificate.
+    tls: bool,
 }
 
 /// The binaries are system packages; say how to get them instead of a bare ENOENT.
@@ -46,11 +52,23 @@ pub fn free_port() -> u16 {
 
 /// Sends one inline command and returns the raw reply.
 fn command(port: u16, cmd: &str) -> Option<String> {
+    command_as(port, None, cmd)
+}
+
+/// Sends one inline command, after `AUTH password` when there is one, and returns the
+/// raw reply to the command (or the refusal of the AUTH).
+fn command_as(port: u16, password: Option<&str>, cmd: &str) -> Option<String> {
     let mut s =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
             .ok()?;
     s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+    let mut request = String::new();
+    if let Some(password) = password {
+        request.push_str(&format!("AUTH {password}\r\n"));
+    }
+    request.push_str(&format!("{cmd}\r\n"));
+    s.write_all(request.as_bytes()).ok()?;
+    let mut authenticating = password.is_some();
     let mut reply = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -59,6 +77,16 @@ fn command(port: u16, cmd: &str) -> Option<String> {
             break;
         }
         reply.extend_from_slice(&buf[..n]);
+        if authenticating {
+            let Some(eol) = reply.windows(2).position(|w| w == b"\r\n") else {
+                continue;
+            };
+            if !reply.starts_with(b"+OK") {
+                break; // the refusal is the answer
+            }
+            reply.drain(..eol + 2);
+            authenticating = false;
+        }
         if complete(&reply) {
             break;
         }
@@ -100,6 +128,24 @@ impl RedisServer {
 
     /// A node with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        Self::launch(extra, None, false)
+    }
+
+    /// A node that requires `password` (`requirepass`, the `default` user's password),
+    /// with extra arguments (`--user ...` for ACL users).
+    pub fn start_with_password(password: &str, extra: &[&str]) -> RedisServer {
+        let mut args = vec!["--requirepass", password];
+        args.extend_from_slice(extra);
+        Self::launch(&args, Some(password), false)
+    }
+
+    /// A node that speaks TLS only, with a self-signed certificate for 127.0.0.1 made by
+    /// the `openssl` CLI (also its own CA); clients need not present a certificate.
+    pub fn start_tls() -> RedisServer {
+        Self::launch(&[], None, true)
+    }
+
+    fn launch(extra: &[&str], password: Option<&str>, tls: bool) -> RedisServer {
         require("redis-server");
         let port = free_port();
         let dir = tempfile::Builder::new()
@@ -107,36 +153,64 @@ impl RedisServer {
             .tempdir()
             .expect("temp dir")
             .keep();
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            dir.to_str().expect("utf-8 temp dir"),
-            "--logfile",
-            "redis.log",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let port_text = port.to_string();
+        let listen: Vec<&str> = if tls {
+            self_signed_certificate(&dir);
+            vec![
+                "--port",
+                "0",
+                "--tls-port",
+                &port_text,
+                "--tls-cert-file",
+                "cert.pem",
+                "--tls-key-file",
+                "key.pem",
+                "--tls-ca-cert-file",
+                "cert.pem",
+                "--tls-auth-clients",
+                "no",
+            ]
+        } else {
+            vec!["--port", &port_text]
+        };
+        let mut args: Vec<String> = listen.iter().map(|s| s.to_string()).collect();
+        args.extend(
+            [
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.to_str().expect("utf-8 temp dir"),
+                "--logfile",
+                "redis.log",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut server = RedisServer {
             port,
             args,
             dir,
             child: None,
+            password: password.map(str::to_string),
+            tls,
         };
         server.spawn();
         server
     }
 
-    /// A sentinel watching `master_port` as `name`.
-    pub fn sentinel(name: &str, master_port: u16, quorum: u32) -> RedisServer {
+    /// A sentinel watching `master_port` as `name`, authenticating to the data nodes
+    /// with `auth_pass` when they require one (the sentinel itself has no password).
+    pub fn sentinel(
+        name: &str,
+        master_port: u16,
+        quorum: u32,
+        auth_pass: Option<&str>,
+    ) -> RedisServer {
         require("redis-server");
         let port = free_port();
         let dir = tempfile::Builder::new()
@@ -152,8 +226,11 @@ impl RedisServer {
                  sentinel monitor {name} 127.0.0.1 {master_port} {quorum}\n\
                  sentinel down-after-milliseconds {name} 1000\n\
                  sentinel failover-timeout {name} 5000\n\
-                 sentinel parallel-syncs {name} 1\n",
-                dir.display()
+                 sentinel parallel-syncs {name} 1\n{}",
+                dir.display(),
+                auth_pass
+                    .map(|p| format!("sentinel auth-pass {name} {p}\n"))
+                    .unwrap_or_default()
             ),
         )
         .expect("write sentinel.conf");
@@ -162,31 +239,80 @@ impl RedisServer {
             args: vec![conf.display().to_string(), "--sentinel".into()],
             dir,
             child: None,
+            password: None,
+            tls: false,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
+        // Argument errors go to stderr before the log file opens: keep them to explain
+        // a server that exits at once.
+        let stderr = std::fs::File::create(self.dir.join("stderr.log")).expect("stderr.log");
         let child = Command::new("redis-server")
             .args(&self.args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("redis-server: {e}: apt-get install redis-server"));
         self.child = Some(child);
         let port = self.port;
+        let (tls, password) = (self.tls, self.password.clone());
+        let (dir, child) = (self.dir.clone(), self.child.as_mut().expect("just spawned"));
         wait_until(
-            &format!("redis-server on port {port} to answer PING"),
+            &format!("redis-server on port {port} to answer"),
             Duration::from_secs(10),
-            || command(port, "PING").is_some_and(|r| r.starts_with("+PONG")),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let said = ["stderr.log", "redis.log"]
+                        .iter()
+                        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    if tls {
+                        panic!(
+                            "redis-server exited ({status}) with TLS options; is it built \
+                             with TLS support (BUILD_TLS=yes; Debian's redis-server 7 is)? \
+                             It said:\n{said}"
+                        );
+                    }
+                    panic!("redis-server exited ({status}); it said:\n{said}");
+                }
+                if tls {
+                    // Accepting TCP on the TLS port is enough; the handshake is the test's.
+                    TcpStream::connect_timeout(
+                        &([127, 0, 0, 1], port).into(),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok()
+                } else {
+                    command_as(port, password.as_deref(), "PING")
+                        .is_some_and(|r| r.starts_with("+PONG"))
+                }
+            },
         );
     }
 
+    /// The URL cachegate is given: `rediss://...#insecure` (self-signed) for TLS, with
+    /// the `default` user's password when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let auth = match &self.password {
+            Some(p) => format!("default:{p}@"),
+            None => String::new(),
+        };
+        if self.tls {
+            format!("rediss://{auth}127.0.0.1:{}/#insecure", self.port)
+        } else {
+            format!("redis://{auth}127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// One inline command (authenticated when the node has a password), its raw reply.
+    pub fn command(&self, cmd: &str) -> Option<String> {
+        command_as(self.port, self.password.as_deref(), cmd)
     }
 
     /// SIGKILL: no goodbye to clients, as in a crash.
@@ -210,11 +336,15 @@ impl RedisServer {
     /// One command through `redis-cli`, its output trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
         require("redis-cli");
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
+        let mut cli = Command::new("redis-cli");
+        cli.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(p) = &self.password {
+            cli.args(["-a", p, "--no-auth-warning"]);
+        }
+        if self.tls {
+            cli.args(["--tls", "--insecure"]);
+        }
+        let out = cli.args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -225,6 +355,39 @@ impl RedisServer {
             self.url()
         )
     }
+}
+
+/// `cert.pem` (self-signed for 127.0.0.1, its own CA) and `key.pem` in `dir`.
+fn self_signed_certificate(dir: &std::path::Path) {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("openssl is needed by the TLS store test ({e}): apt-get install openssl")
+        });
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for RedisServer {
@@ -363,15 +526,29 @@ impl RedisSentinel {
     pub const NAME: &'static str = "mymaster";
 
     pub fn start() -> RedisSentinel {
-        let master = RedisServer::start();
-        let replica =
-            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        Self::start_with_password(None)
+    }
+
+    /// With `password`, master and replica require it (and use it to replicate), the
+    /// sentinels know it (`sentinel auth-pass`) but have none of their own.
+    pub fn start_with_password(password: Option<&str>) -> RedisSentinel {
+        let node = |extra: &[&str]| match password {
+            Some(p) => {
+                let mut args = vec!["--masterauth", p];
+                args.extend_from_slice(extra);
+                RedisServer::start_with_password(p, &args)
+            }
+            None => RedisServer::start_with(extra),
+        };
+        let master = node(&[]);
+        let replica = node(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
         wait_until("the replica to sync", Duration::from_secs(10), || {
-            command(replica.port, "INFO replication")
+            replica
+                .command("INFO replication")
                 .is_some_and(|i| i.contains("master_link_status:up"))
         });
         let sentinels: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::sentinel(Self::NAME, master.port, 2))
+            .map(|_| RedisServer::sentinel(Self::NAME, master.port, 2, password))
             .collect();
         // Sentinels find the replica and each other through the master; wait until
         // each knows both so a failover can be agreed on.
@@ -392,11 +569,17 @@ impl RedisSentinel {
         }
     }
 
+    /// Sentinel node URLs carry the data nodes' password, as `default:PASS` (which a
+    /// sentinel without a password of its own accepts).
     pub fn store_yaml(&self, timeout: &str, l1: &str) -> String {
+        let auth = match &self.master.password {
+            Some(p) => format!("default:{p}@"),
+            None => String::new(),
+        };
         let nodes = self
             .sentinels
             .iter()
-            .map(|s| s.url())
+            .map(|s| format!("redis://{auth}127.0.0.1:{}", s.port))
             .collect::<Vec<_>>()
             .join(", ");
         format!(

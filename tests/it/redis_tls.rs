@@ -1,0 +1,39 @@
+//! The Redis store over TLS: a `rediss://` URL to a TLS-only `redis-server` with a
+//! self-signed certificate (`#insecure` skips its verification).
+
+use cachegate::cache::store::Health;
+
+use crate::redis_store::proxy_with_store;
+use crate::support::redis::RedisServer;
+use crate::support::{Origin, Reply};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_url_round_trip_without_l1() {
+    let redis = RedisServer::start_tls();
+    let store = redis.store_yaml("500ms", "{ max_size: 0B }");
+    assert!(store.contains("rediss://"), "{store}");
+    let origin = Origin::start(|s| Reply::ok(format!("v{}", s.n))).await;
+    let p = proxy_with_store(&origin, "ttl: 60s", &store).await;
+
+    let r = p.get("/tls").await;
+    assert_eq!(r.body, "v0");
+    assert!(
+        r.cache_status().contains("fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    // No L1: the hit came back through the TLS connection.
+    let r = p.get("/tls").await;
+    assert_eq!(r.body, "v0");
+    assert!(
+        r.cache_status().starts_with("cachegate; hit"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.hits("/tls"), 1);
+    assert_eq!(p.state.store.health(), Health::Ok);
+
+    let keys = redis.cli(&["--scan", "--pattern", "cachegate:v1:*:e:*"]);
+    assert_eq!(keys.lines().count(), 1, "the entry is in Redis: {keys}");
+}

@@ -83,7 +83,6 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub target: RedisTarget,
-    pub pool_size: usize,
     pub timeout: Duration,
     pub key_prefix: String,
 }
@@ -473,6 +472,12 @@ impl Validator {
     }
 
     fn store(&self, s: &raw::RawStore, overrides: &Overrides) -> Result<StoreConfig, ConfigError> {
+        if s.redis.as_ref().is_some_and(|r| r.pool_size.is_some()) {
+            return Err(self.err(
+                "store.redis.pool_size",
+                "pool_size was removed: one multiplexed connection carries all commands",
+            ));
+        }
         let l1_raw = s.l1.as_ref();
         let l1 = L1Config {
             max_size: self.size(
@@ -526,7 +531,6 @@ impl Validator {
                 };
                 Backend::Redis(RedisConfig {
                     target,
-                    pool_size: r.and_then(|r| r.pool_size).unwrap_or(32),
                     timeout: self.duration(
                         "store.redis.timeout",
                         r.and_then(|r| r.timeout.as_deref()),

@@ -80,7 +80,9 @@ pub struct RawRedis {
     pub url: Option<String>,
     pub cluster: Option<Vec<String>>,
     pub sentinel: Option<RawSentinel>,
-    pub pool_size: Option<usize>,
+    /// Removed (one multiplexed connection carries all commands); still read, whatever
+    /// its value, only to reject it with a message that says so.
+    pub pool_size: Option<serde::de::IgnoredAny>,
     pub timeout: Option<String>,
     pub key_prefix: Option<String>,
 }

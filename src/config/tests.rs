@@ -109,3 +109,15 @@ fn durations_and_sizes() {
     assert_eq!(parse_size("1 GiB"), Some(1 << 30));
     assert_eq!(parse_size("1XB"), None);
 }
+
+#[test]
+fn pool_size_is_rejected_as_removed() {
+    let src = format!(
+        "{GOOD}store:\n  backend: redis\n  redis:\n    url: redis://127.0.0.1:1\n    pool_size: 32\n"
+    );
+    check_err(
+        &src,
+        "routes.yaml:18:16: store.redis.pool_size: pool_size was removed: one multiplexed \
+         connection carries all commands",
+    );
+}

@@ -16,6 +16,18 @@ use crate::proxy::origin::Origins;
 use crate::proxy::route::RouteTable;
 use crate::proxy::{self, key, Shared};
 
+/// Who fetches a key, fleet-wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchRight {
+    /// This process, with nothing to give back (a store local to the process, or a
+    /// failing one).
+    Local,
+    /// This process, holding the fleet lease until `AppState::give_back`.
+    Leased(String),
+    /// Another replica is fetching.
+    Elsewhere,
+}
+
 /// Everything a request needs, shared by all of them.
 pub struct AppState {
     pub config: Arc<Config>,
@@ -84,29 +96,29 @@ impl AppState {
         }
     }
 
-    /// The fleet-wide lease for fetching `key`: `Some(token)` when this process may
-    /// fetch (a store failure grants it: in-process coalescing still holds), `None`
-    /// when another replica is fetching.
-    pub async fn acquire_lease(
-        &self,
-        key: &str,
-        upstream_timeout: Duration,
-    ) -> Option<Option<String>> {
+    /// Who may fetch `key` now, fleet-wide. A store failure makes it this process (in-
+    /// process coalescing still holds).
+    pub async fn fetch_right(&self, key: &str, upstream_timeout: Duration) -> FetchRight {
         // Longer than the fetch it guards, so it does not lapse while the origin works.
         let ttl = upstream_timeout + Duration::from_secs(2);
         match self.store.acquire_lease(key, ttl).await {
-            Ok(Lease::Granted(token)) => Some(token),
-            Ok(Lease::Held) => None,
+            Ok(Lease::Granted(Some(token))) => FetchRight::Leased(token),
+            Ok(Lease::Granted(None)) => FetchRight::Local,
+            Ok(Lease::Held) => FetchRight::Elsewhere,
             Err(error) => {
                 tracing::warn!(%error, key, "lease failed; fetching without it");
                 crate::telemetry::record_store_error("lease");
-                Some(None)
+                FetchRight::Local
             }
         }
     }
 
-    pub async fn release_lease(&self, key: &str, token: &str) {
-        if let Err(error) = self.store.release_lease(key, token).await {
+    /// Gives a fleet lease back once the fetch it guarded is done.
+    pub async fn give_back(&self, key: &str, right: FetchRight) {
+        let FetchRight::Leased(token) = right else {
+            return;
+        };
+        if let Err(error) = self.store.release_lease(key, &token).await {
             tracing::warn!(%error, key, "lease release failed; it will expire");
             crate::telemetry::record_store_error("release");
         }

@@ -20,7 +20,7 @@ use http::request::Parts;
 use http::{Method, StatusCode};
 use tracing::Instrument;
 
-use crate::app::AppState;
+use crate::app::{AppState, FetchRight};
 use crate::cache::entry::Freshness;
 use crate::cache::lock::{Lock, Permit, WaitError};
 use crate::cache::policy::{self, RequestDirectives, Reuse};
@@ -229,16 +229,16 @@ async fn lead(
     let upstream_timeout = state.origins.upstream(route.upstream).timeout;
     let newer_than = found.as_ref().map(|e| e.stored_at);
     let headers = &inbound.parts.headers;
-    let lease = state.acquire_lease(key, upstream_timeout).await;
-    let from_fleet = match &lease {
+    let right = state.fetch_right(key, upstream_timeout).await;
+    let from_fleet = match &right {
         // Another replica is fetching: its entry will appear in the store.
-        None => {
+        FetchRight::Elsewhere => {
             let wait = upstream_timeout + Duration::from_secs(1);
             state.wait_for_entry(key, headers, newer_than, wait).await
         }
-        // A fleet lease: another replica may have stored just before we took it.
-        Some(Some(_)) => state.newer_than(key, headers, newer_than).await,
-        Some(None) => None,
+        // Another replica may have stored just before we took the lease.
+        FetchRight::Leased(_) => state.newer_than(key, headers, newer_than).await,
+        FetchRight::Local => None,
     };
     if let Some(entry) = from_fleet {
         let now = SystemTime::now();
@@ -255,9 +255,7 @@ async fn lead(
         let response = respond_entry(&entry, &inbound, now, &status);
         let entry_status = entry.status;
         permit.release(Shared::Entry(entry, entry_status));
-        if let Some(Some(token)) = lease {
-            state.release_lease(key, &token).await;
-        }
+        state.give_back(key, right).await;
         return (response, status);
     }
     // The fetch runs in its own task: a client that goes away does not cancel the fetch
@@ -267,9 +265,7 @@ async fn lead(
         async move {
             let fetched = fetch(&state, &route, &key, &inbound, found, fwd).await;
             permit.release(fetched.shared);
-            if let Some(Some(token)) = lease {
-                state.release_lease(&key, &token).await;
-            }
+            state.give_back(&key, right).await;
             (fetched.response, fetched.status)
         }
         .in_current_span()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use crate::app::AppState;
+use crate::app::{AppState, FetchRight};
 use crate::cache::{CacheEntry, Fwd};
 use crate::config::Route;
 
@@ -36,21 +36,23 @@ pub fn spawn(
             // One refresh per key for the whole fleet: without the lease, another replica
             // is refreshing and this one keeps serving stale.
             let upstream_timeout = state.origins.upstream(route.upstream).timeout;
-            let Some(lease) = state.acquire_lease(&key, upstream_timeout).await else {
-                return;
-            };
-            // Another replica may have stored a fresh copy (and released its lease) between
-            // our stale read and this lease: then there is nothing to refresh.
-            if let Some(token) = &lease {
-                if let Some(newer) = state
-                    .newer_than(&key, &inbound.parts.headers, Some(stale.stored_at))
-                    .await
-                {
-                    state.release_lease(&key, token).await;
-                    let status = newer.status;
-                    permit.release(Shared::Entry(newer, status));
-                    return;
+            let right = state.fetch_right(&key, upstream_timeout).await;
+            match right {
+                FetchRight::Elsewhere => return,
+                // Another replica may have stored a fresh copy (and released its lease)
+                // between our stale read and this lease: then there is nothing to refresh.
+                FetchRight::Leased(_) => {
+                    let headers = &inbound.parts.headers;
+                    if let Some(newer) =
+                        state.newer_than(&key, headers, Some(stale.stored_at)).await
+                    {
+                        state.give_back(&key, right).await;
+                        let status = newer.status;
+                        permit.release(Shared::Entry(newer, status));
+                        return;
+                    }
                 }
+                FetchRight::Local => {}
             }
             let budget = state.config.refresh_timeout;
             let refresh = fetch(&state, &route, &key, &inbound, Some(stale), Fwd::Stale);
@@ -68,9 +70,7 @@ pub fn spawn(
                     // Dropping the permit wakes any waiter to compete again.
                 }
             }
-            if let Some(token) = lease {
-                state.release_lease(&key, &token).await;
-            }
+            state.give_back(&key, right).await;
         }
         .instrument(span),
     );

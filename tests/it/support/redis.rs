@@ -142,7 +142,12 @@ impl RedisServer {
     /// A node that speaks TLS only, with a self-signed certificate for 127.0.0.1 made by
     /// the `openssl` CLI (also its own CA); clients need not present a certificate.
     pub fn start_tls() -> RedisServer {
-        Self::launch(&[], None, true)
+        Self::start_tls_with(&[])
+    }
+
+    /// A TLS-only node with extra arguments.
+    pub fn start_tls_with(extra: &[&str]) -> RedisServer {
+        Self::launch(extra, None, true)
     }
 
     fn launch(extra: &[&str], password: Option<&str>, tls: bool) -> RedisServer {
@@ -310,8 +315,13 @@ impl RedisServer {
         }
     }
 
-    /// One inline command (authenticated when the node has a password), its raw reply.
+    /// One inline command (authenticated when the node has a password), its raw reply;
+    /// through `redis-cli` for a TLS node (its reply as redis-cli prints it).
     pub fn command(&self, cmd: &str) -> Option<String> {
+        if self.tls {
+            let args: Vec<&str> = cmd.split_whitespace().collect();
+            return Some(self.cli(&args)).filter(|r| !r.is_empty());
+        }
         command_as(self.port, self.password.as_deref(), cmd)
     }
 
@@ -401,15 +411,27 @@ impl Drop for RedisServer {
 pub struct RedisCluster {
     pub masters: Vec<RedisServer>,
     pub replicas: Vec<RedisServer>,
+    /// TLS: the one certificate every node presents and trusts (cluster bus and
+    /// replication verify the peer against the node's own CA file).
+    _certs: Option<tempfile::TempDir>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        Self::start_opts(false)
+    }
+
+    /// Every node TLS-only, the cluster bus and replication over TLS too.
+    pub fn start_tls() -> RedisCluster {
+        Self::start_opts(true)
+    }
+
+    fn start_opts(tls: bool) -> RedisCluster {
         require("redis-cli");
         // `--cluster create` can wait forever for the nodes to agree when the machine is
         // loaded; a bounded attempt with fresh nodes is more reliable than waiting.
         for attempt in 1..=3 {
-            if let Some(cluster) = Self::try_start(Duration::from_secs(20)) {
+            if let Some(cluster) = Self::try_start(Duration::from_secs(20), tls) {
                 return cluster;
             }
             eprintln!("cluster create attempt {attempt} timed out; retrying with new nodes");
@@ -417,9 +439,29 @@ impl RedisCluster {
         panic!("could not create a Redis Cluster in 3 attempts");
     }
 
-    fn try_start(limit: Duration) -> Option<RedisCluster> {
+    fn try_start(limit: Duration, tls: bool) -> Option<RedisCluster> {
+        let certs = tls.then(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("cachegate-certs-")
+                .tempdir()
+                .expect("temp dir");
+            self_signed_certificate(dir.path());
+            dir
+        });
+        let cert_args: Vec<String> = match &certs {
+            Some(dir) => {
+                let cert = dir.path().join("cert.pem").display().to_string();
+                let key = dir.path().join("key.pem").display().to_string();
+                ["--tls-cert-file", &cert, "--tls-key-file", &key]
+                    .into_iter()
+                    .chain(["--tls-ca-cert-file", &cert])
+                    .map(str::to_string)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let node = || {
-            RedisServer::start_with(&[
+            let args = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -430,7 +472,16 @@ impl RedisCluster {
                 "1000",
                 "--cluster-replica-validity-factor",
                 "0",
-            ])
+            ];
+            if tls {
+                let mut args = args.to_vec();
+                args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                // After the node's own certificate arguments: the last one counts.
+                args.extend(cert_args.iter().map(String::as_str));
+                RedisServer::start_tls_with(&args)
+            } else {
+                RedisServer::start_with(&args)
+            }
         };
         let masters: Vec<RedisServer> = (0..3).map(|_| node()).collect();
         let replicas: Vec<RedisServer> = (0..3).map(|_| node()).collect();
@@ -444,6 +495,11 @@ impl RedisCluster {
             .arg("create")
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(if tls {
+                &["--tls", "--insecure"][..]
+            } else {
+                &[]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -466,7 +522,11 @@ impl RedisCluster {
                 }
             }
         }
-        let cluster = RedisCluster { masters, replicas };
+        let cluster = RedisCluster {
+            masters,
+            replicas,
+            _certs: certs,
+        };
         cluster.wait_ok(Duration::from_secs(20));
         // `--cluster create` may pair nodes differently from the order given: read
         // back which nodes ended up masters.
@@ -481,16 +541,21 @@ impl RedisCluster {
                 .chain(&self.replicas)
                 .filter(|n| n.running())
                 .all(|n| {
-                    command(n.port, "CLUSTER INFO").is_some_and(|i| i.contains("cluster_state:ok"))
+                    n.command("CLUSTER INFO")
+                        .is_some_and(|i| i.contains("cluster_state:ok"))
                 })
         });
     }
 
     fn sorted(self) -> RedisCluster {
-        let RedisCluster { masters, replicas } = self;
+        let RedisCluster {
+            masters,
+            replicas,
+            _certs,
+        } = self;
         let (mut m, mut r) = (Vec::new(), Vec::new());
         for n in masters.into_iter().chain(replicas) {
-            let role = command(n.port, "ROLE").unwrap_or_default();
+            let role = n.command("ROLE").unwrap_or_default();
             if role.contains("master") {
                 m.push(n);
             } else {
@@ -500,6 +565,7 @@ impl RedisCluster {
         RedisCluster {
             masters: m,
             replicas: r,
+            _certs,
         }
     }
 

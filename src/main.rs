@@ -85,6 +85,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => {
             let config = Config::load(&cli.config, &Overrides::from_env())?;
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} routes, {} upstreams)",
                 cli.config.display(),
@@ -125,6 +128,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path, &Overrides::from_env())?;
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let metrics = telemetry::init_metrics().ok();
     let state = AppState::new(config).await?;

@@ -34,6 +34,8 @@ pub struct Config {
     pub hit_for_miss: Duration,
     /// Budget of one background refresh, independent of any client.
     pub refresh_timeout: Duration,
+    /// Accepted but worth telling the operator (`check` prints them, `serve` logs them).
+    pub warnings: Vec<ConfigError>,
 }
 
 #[derive(Debug, Clone)]
@@ -405,6 +407,18 @@ impl Validator {
                 16 << 20,
             )? as usize,
         };
+        let mut warnings = Vec::new();
+        if raw
+            .store
+            .redis
+            .as_ref()
+            .is_some_and(|r| r.pool_size.is_some())
+        {
+            warnings.push(self.err(
+                "store.redis.pool_size",
+                "is ignored: one multiplexed connection per replica carries all commands",
+            ));
+        }
         Ok(Config {
             listen,
             admin,
@@ -422,6 +436,7 @@ impl Validator {
                 d.refresh_timeout.as_deref(),
                 Duration::from_secs(30),
             )?,
+            warnings,
         })
     }
 
@@ -472,12 +487,6 @@ impl Validator {
     }
 
     fn store(&self, s: &raw::RawStore, overrides: &Overrides) -> Result<StoreConfig, ConfigError> {
-        if s.redis.as_ref().is_some_and(|r| r.pool_size.is_some()) {
-            return Err(self.err(
-                "store.redis.pool_size",
-                "pool_size was removed: one multiplexed connection carries all commands",
-            ));
-        }
         let l1_raw = s.l1.as_ref();
         let l1 = L1Config {
             max_size: self.size(

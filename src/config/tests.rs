@@ -111,13 +111,18 @@ fn durations_and_sizes() {
 }
 
 #[test]
-fn pool_size_is_rejected_as_removed() {
+fn pool_size_is_accepted_with_a_warning() {
     let src = format!(
         "{GOOD}store:\n  backend: redis\n  redis:\n    url: redis://127.0.0.1:1\n    pool_size: 32\n"
     );
-    check_err(
-        &src,
-        "routes.yaml:18:16: store.redis.pool_size: pool_size was removed: one multiplexed \
-         connection carries all commands",
+    let c = parse(&src).unwrap();
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "routes.yaml:18:16: store.redis.pool_size: is ignored: one multiplexed connection per \
+          replica carries all commands"
+        ]
     );
+    assert!(parse(GOOD).unwrap().warnings.is_empty());
 }

@@ -254,7 +254,7 @@ async fn send_for_cache(
         upstream,
         Method::GET,
         &inbound.parts.uri,
-        &headers,
+        headers,
         inbound.client,
         Body::empty(),
     );

@@ -411,7 +411,7 @@ pub(super) fn with_key(mut status: CacheStatus, route: &Route, key: &str) -> Cac
 async fn forward(
     state: &Arc<AppState>,
     route: &Route,
-    inbound: Inbound,
+    mut inbound: Inbound,
     body: Body,
     mut status: CacheStatus,
 ) -> (Response, CacheStatus) {
@@ -420,7 +420,7 @@ async fn forward(
         upstream,
         inbound.parts.method.clone(),
         &inbound.parts.uri,
-        &inbound.parts.headers,
+        std::mem::take(&mut inbound.parts.headers),
         inbound.client,
         body,
     );

@@ -78,7 +78,7 @@ pub fn outbound(
     upstream: &Upstream,
     method: Method,
     uri: &Uri,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     client: Option<SocketAddr>,
     body: Body,
 ) -> Request<Body> {
@@ -91,7 +91,7 @@ pub fn outbound(
         .build()
         .unwrap_or_else(|_| Uri::from_static("/"));
 
-    let mut out = headers.clone();
+    let mut out = headers;
     strip_hop_by_hop(&mut out);
     let original_host = out.remove(header::HOST);
     if let Some(addr) = client {

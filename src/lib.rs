@@ -2,23 +2,27 @@
 //! cache stampede reach the origin.
 //!
 //! ```text
-//! request -> route -> key -> store lookup --hit/stale--> respond (stale: refresh spawned)
-//!                                 |miss
+//! request -> route -> key -> store lookup (L1 -> Redis) --hit/stale--> respond
+//!                                 |miss                 (stale: one refresh spawned)
 //!                                 v
 //!                  single flight (lock) --follower: wait for the leader's outcome
 //!                                 |leader
 //!                                 v
-//!                      origin -> policy (Cache-Control x route) -> store -> respond
+//!                  fleet lease (Redis) --held elsewhere: wait for that replica's entry
+//!                                 |granted
+//!                                 v
+//!            fetch: origin -> policy (Cache-Control x route) -> store -> respond
 //! ```
 //!
 //! # Layout
 //! - `config`: `routes.yaml` in two stages (raw serde mirror, then validated `Config`).
 //! - `app`: shared state (`AppState`) and the proxy router.
 //! - `server`: listeners, the layer stack, graceful shutdown.
-//! - `proxy`: the request path: `route`, `key`, `origin`, `respond`, `refresh`.
-//! - `cache`: entries, pure policy, the single-flight lock, status enums and stores.
-//! - `admin`: health, readiness and metrics.
-//! - `telemetry`: logs and metric recorders.
+//! - `proxy`: the request path: `route`, `key`, `fetch`, `origin`, `respond`, `refresh`.
+//! - `cache`: entries, pure policy, purge selectors, the single-flight lock, status enums
+//!   and stores (memory; Redis with an L1 in front).
+//! - `admin`: health, readiness, metrics and purges.
+//! - `telemetry`: logs, OpenTelemetry traces and metric recorders.
 //! - `error`: `ProxyError`, the one error type that becomes a response.
 //! - `devorigin`: a small origin for the demo and load tests.
 

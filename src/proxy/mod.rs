@@ -153,12 +153,7 @@ async fn lookup_or_fetch(
 
     if let Some(entry) = &found {
         let show = |s: CacheStatus| with_key(s, route, key);
-        let reuse = match policy::reuse(entry, &client_cc, &route.policy, now) {
-            // A flood of revalidating clients shares one fresh confirmation.
-            Reuse::Revalidate if just_validated(entry, now) => Reuse::Fresh,
-            other => other,
-        };
-        match reuse {
+        match policy::reuse(entry, &client_cc, &route.policy, now) {
             Reuse::Fresh => {
                 let status = show(CacheStatus::hit(entry.ttl_secs(now)));
                 return (respond_entry(entry, &inbound, now, &status), status);
@@ -236,9 +231,13 @@ async fn lead(
             let wait = upstream_timeout + Duration::from_secs(1);
             state.wait_for_entry(key, headers, newer_than, wait).await
         }
-        // Another replica may have stored just before we took the lease.
-        FetchRight::Leased(_) => state.newer_than(key, headers, newer_than).await,
-        FetchRight::Local => None,
+        // A flight that finished between our lookup and our lock (in this process or,
+        // with a fleet lease, in another replica) stored a copy fetched or validated
+        // after this request arrived: it answers even `no-cache` (RFC 9111 §5.2.1.4), and
+        // a burst that straddles the end of a flight stays one origin request.
+        FetchRight::Leased(_) | FetchRight::Local => {
+            state.newer_than(key, headers, newer_than).await
+        }
     };
     if let Some(entry) = from_fleet {
         let now = SystemTime::now();
@@ -345,16 +344,6 @@ async fn follow(
             .await
         }
     }
-}
-
-/// A client's `no-cache` is satisfied by a response the origin confirmed this recently:
-/// a flood of `no-cache` requests then costs one origin request per interval, not one
-/// per client (a deliberate, documented reading of RFC 9111 §5.2.1.4).
-const NO_CACHE_GRACE: Duration = Duration::from_secs(1);
-
-fn just_validated(entry: &CacheEntry, now: SystemTime) -> bool {
-    now.duration_since(entry.stored_at)
-        .is_ok_and(|age| age < NO_CACHE_GRACE)
 }
 
 pub(super) fn usable_on_error(entry: &CacheEntry, now: SystemTime) -> bool {

@@ -238,14 +238,26 @@ async fn client_no_cache_ignore_answers_from_the_cache() {
 }
 
 #[tokio::test]
-async fn a_copy_validated_within_the_last_second_satisfies_no_cache() {
-    // Documented deviation: keeps floods of no-cache clients coalesced.
+async fn no_cache_right_after_a_fetch_still_goes_to_the_origin() {
+    // Only a copy validated after the request arrived satisfies no-cache (§5.2.1.4);
+    // one fetched a moment earlier does not.
     let origin = counting_origin().await;
     let p = Proxy::simple(&origin.url(), "ttl: 600s, jitter: 0").await;
     p.get("/grace").await;
     let r = p.get_with("/grace", &[("cache-control", "no-cache")]).await;
-    assert_eq!(r.body, "v0");
-    assert_eq!(origin.hits("/grace"), 1);
+    assert_eq!(
+        origin.hits("/grace"),
+        2,
+        "the no-cache request reached the origin"
+    );
+    let revalidation = &origin.seen()[1];
+    assert_eq!(revalidation.headers.get("if-none-match").unwrap(), "\"e\"");
+    assert_eq!(r.body, "v0", "the 304 kept the stored body");
+    assert!(
+        r.cache_status().contains("fwd=request"),
+        "{}",
+        r.cache_status()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

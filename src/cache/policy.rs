@@ -592,6 +592,16 @@ mod tests {
         status: u16,
         res: &[(&str, &str)],
     ) -> Storability {
+        check_jittered(route, req, status, res, 0.0)
+    }
+
+    fn check_jittered(
+        route: &RoutePolicy,
+        req: &[(&str, &str)],
+        status: u16,
+        res: &[(&str, &str)],
+        jitter_sample: f64,
+    ) -> Storability {
         let mut rq = Request::get("http://origin/x");
         for (k, v) in req {
             rq = rq.header(*k, *v);
@@ -610,7 +620,40 @@ mod tests {
             status: rs.status(),
             response_headers: rs.headers(),
         };
-        decide(route, &policy, &ex, now, 0.0)
+        decide(route, &policy, &ex, now, jitter_sample)
+    }
+
+    #[test]
+    fn jitter_spreads_route_ttls_both_ways_and_only_shortens_origin_ttls() {
+        let r = RoutePolicy {
+            jitter: 0.1,
+            ..route()
+        };
+        let fresh = |s: Storability| match s {
+            Storability::Store(l) => l.fresh,
+            other => panic!("{other:?}"),
+        };
+        let cc = [("cache-control", "max-age=100")];
+        assert_eq!(
+            fresh(check_jittered(&r, &[], 200, &[], 1.0)),
+            Duration::from_secs(33)
+        );
+        assert_eq!(
+            fresh(check_jittered(&r, &[], 200, &[], -1.0)),
+            Duration::from_secs(27)
+        );
+        assert_eq!(
+            fresh(check_jittered(&r, &[], 200, &cc, 1.0)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            fresh(check_jittered(&r, &[], 200, &cc, -1.0)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            fresh(check_jittered(&r, &[], 200, &cc, 0.0)),
+            Duration::from_secs(100)
+        );
     }
 
     fn store(fresh: u64, stale: u64, sie: u64) -> Storability {

@@ -2,6 +2,7 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set) and metrics (Prometheus). Metric labels are
 //! route templates and cache outcomes, never raw paths, so cardinality stays bounded.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -126,8 +127,13 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// The route label: a shared copy of the template (no allocation per request).
+fn label(route: &Arc<str>) -> metrics::SharedString {
+    metrics::SharedString::from(Arc::clone(route))
+}
+
 pub fn record_request(
-    route: &str,
+    route: &Arc<str>,
     status: &CacheStatus,
     http_status: StatusCode,
     elapsed: Duration,
@@ -140,12 +146,12 @@ pub fn record_request(
         400..=499 => "4xx",
         _ => "5xx",
     };
-    metrics::counter!("cachegate_requests_total", "route" => route.to_string(), "cache" => outcome, "status" => class)
+    metrics::counter!("cachegate_requests_total", "route" => label(route), "cache" => outcome, "status" => class)
         .increment(1);
-    metrics::histogram!("cachegate_request_duration_seconds", "route" => route.to_string(), "cache" => outcome)
+    metrics::histogram!("cachegate_request_duration_seconds", "route" => label(route), "cache" => outcome)
         .record(elapsed.as_secs_f64());
     tracing::debug!(
-        route,
+        route = &**route,
         cache = outcome,
         status = http_status.as_u16(),
         elapsed_ms = elapsed.as_millis() as u64,
@@ -153,12 +159,14 @@ pub fn record_request(
     );
 }
 
-pub fn record_origin_request(route: &str, kind: &'static str) {
-    metrics::counter!("cachegate_origin_requests_total", "route" => route.to_string(), "kind" => kind).increment(1);
+pub fn record_origin_request(route: &Arc<str>, kind: &'static str) {
+    metrics::counter!("cachegate_origin_requests_total", "route" => label(route), "kind" => kind)
+        .increment(1);
 }
 
-pub fn record_refresh(route: &str, result: &'static str) {
-    metrics::counter!("cachegate_refreshes_total", "route" => route.to_string(), "result" => result).increment(1);
+pub fn record_refresh(route: &Arc<str>, result: &'static str) {
+    metrics::counter!("cachegate_refreshes_total", "route" => label(route), "result" => result)
+        .increment(1);
 }
 
 pub fn record_store_error(op: &'static str) {

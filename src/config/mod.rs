@@ -59,7 +59,7 @@ pub struct Upstream {
 #[derive(Debug, Clone)]
 pub struct Route {
     /// The template as written, e.g. `/users/{id}`: part of every key and metric label.
-    pub template: String,
+    pub template: Arc<str>,
     /// Index into `Config::upstreams`.
     pub upstream: usize,
     /// `false`: forwarded, never stored.
@@ -382,7 +382,7 @@ impl Validator {
                 headers.push(name);
             }
             routes.push(Arc::new(Route {
-                template: r.path.clone(),
+                template: Arc::from(r.path.as_str()),
                 upstream,
                 cache: r.cache.unwrap_or(true),
                 policy,

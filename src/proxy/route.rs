@@ -19,7 +19,7 @@ impl RouteTable {
         let mut router = matchit::Router::new();
         for (i, r) in routes.iter().enumerate() {
             router
-                .insert(r.template.as_str(), i)
+                .insert(&*r.template, i)
                 .expect("route templates are validated by config::Config");
         }
         RouteTable { router }

@@ -1,6 +1,8 @@
 //! The Redis store through the proxy: single node, Sentinel and Cluster round trips,
 //! variants, invalidation, restarts of cachegate, and bytes it cannot read.
 
+use std::time::Duration;
+
 use cachegate::cache::store::Health;
 
 use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer};
@@ -218,4 +220,30 @@ async fn sentinel_with_a_password_on_the_data_nodes_round_trip() {
     round_trip(&store).await;
     let keys = set.master.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
     assert!(!keys.is_empty(), "written to the master sentinel named");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_invalidation_subscription_clears_l1() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|s| Reply::ok(format!("v{}", s.n))).await;
+    // An L1 that would keep the entry for a minute on its own.
+    let store = redis.store_yaml(TIMEOUT, "{ max_size: 16MiB, max_ttl: 60s }");
+    let p = proxy_with_store(&origin, "ttl: 60s", &store).await;
+    assert_eq!(p.get("/sub").await.body, "v0");
+
+    // Drop the entry from Redis behind cachegate's back: no invalidation is published,
+    // so only L1 still has it.
+    redis.cli(&["FLUSHALL"]);
+    let from_l1 = p.get("/sub").await;
+    assert_eq!(from_l1.body, "v0");
+    assert!(is_hit(from_l1.cache_status()), "{}", from_l1.cache_status());
+
+    // The replica can no longer hear invalidations: it must not keep serving L1.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let cleared = crate::support::fleet::eventually(Duration::from_secs(5), async || {
+        p.get("/sub").await.body != "v0"
+    })
+    .await;
+    assert!(cleared, "L1 was cleared when the subscription was lost");
+    assert_eq!(origin.hits("/sub"), 2);
 }

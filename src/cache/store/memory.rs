@@ -9,13 +9,9 @@ use http::HeaderMap;
 use moka::future::Cache;
 use moka::Expiry;
 
-use super::{Store, StoreError, MAX_VARIANTS};
+use super::{with_variant, Store, StoreError, Variants};
 use crate::cache::purge::{soften, Mode, Selector};
 use crate::cache::CacheEntry;
-
-/// The variants of one key, newest first. Replaced whole on every write (copy-on-write),
-/// so readers never see a half-updated set.
-type Variants = Arc<Vec<Arc<CacheEntry>>>;
 
 pub struct MemoryStore {
     cache: Cache<String, Variants>,
@@ -89,17 +85,8 @@ impl Store for MemoryStore {
         self.cache
             .entry_by_ref(key)
             .and_upsert_with(|old| {
-                let mut variants = vec![entry.clone()];
-                if let Some(old) = old {
-                    variants.extend(
-                        old.into_value()
-                            .iter()
-                            .filter(|e| e.vary != entry.vary && e.keep_until() > now)
-                            .take(MAX_VARIANTS - 1)
-                            .cloned(),
-                    );
-                }
-                std::future::ready(Arc::new(variants))
+                let old = old.map(|o| o.into_value());
+                std::future::ready(with_variant(old.as_ref(), &entry, |e| e.keep_until() > now))
             })
             .await;
         Ok(())

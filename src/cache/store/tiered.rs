@@ -12,16 +12,13 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use super::redis::{RedisStore, CLEAR_ALL};
-use super::{Health, Lease, Store, StoreError, MAX_VARIANTS};
+use super::{with_variant, Health, Lease, Store, StoreError, Variants};
 use crate::cache::purge::{Mode, Selector};
 use crate::cache::CacheEntry;
 use crate::config::L1Config;
 
 /// How often the subscription is checked for life, and how long a check may take.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// The fresh variants of one key, newest first; replaced whole on every change.
-type Variants = Arc<Vec<Arc<CacheEntry>>>;
 
 pub struct TieredStore {
     l1: Cache<String, Variants>,
@@ -229,17 +226,8 @@ impl Store for TieredStore {
             self.l1
                 .entry_by_ref(key)
                 .and_upsert_with(|old| {
-                    let mut variants = vec![entry.clone()];
-                    if let Some(old) = old {
-                        variants.extend(
-                            old.into_value()
-                                .iter()
-                                .filter(|e| e.vary != entry.vary && e.fresh_until > now)
-                                .take(MAX_VARIANTS - 1)
-                                .cloned(),
-                        );
-                    }
-                    std::future::ready(Arc::new(variants))
+                    let old = old.map(|o| o.into_value());
+                    std::future::ready(with_variant(old.as_ref(), &entry, |e| e.fresh_until > now))
                 })
                 .await;
             // While Redis fails, L1 still serves what this replica fetched (bounded by

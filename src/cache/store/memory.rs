@@ -2,14 +2,14 @@
 //! `keep_until`. One binary, nothing else to run.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use http::HeaderMap;
 use moka::future::Cache;
-use moka::Expiry;
 
-use super::{with_variant, Store, StoreError, Variants};
+use super::variants::{pick, variant_cache, with_variant, Variants};
+use super::{Store, StoreError};
 use crate::cache::purge::{soften, Mode, Selector};
 use crate::cache::CacheEntry;
 
@@ -19,50 +19,14 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|key: &String, v: &Variants| {
-                let bytes = key.len() + v.iter().map(|e| e.weight()).sum::<usize>();
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
-            .expire_after(KeepUntil)
-            .build();
+        // Kept while any variant can still be used; only size evicts earlier.
+        let cache = variant_cache(max_bytes, CacheEntry::keep_until, Duration::MAX);
         MemoryStore { cache }
     }
 
     /// Entries held (approximate; moka applies writes lazily).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
-    }
-}
-
-/// Expire a key when none of its variants can be used any more.
-struct KeepUntil;
-
-impl KeepUntil {
-    fn ttl(v: &Variants) -> Option<Duration> {
-        let until = v.iter().map(|e| e.keep_until()).max()?;
-        Some(
-            until
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO),
-        )
-    }
-}
-
-impl Expiry<String, Variants> for KeepUntil {
-    fn expire_after_create(&self, _: &String, v: &Variants, _: Instant) -> Option<Duration> {
-        Self::ttl(v)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        v: &Variants,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Self::ttl(v)
     }
 }
 
@@ -77,7 +41,7 @@ impl Store for MemoryStore {
             .cache
             .get(key)
             .await
-            .and_then(|variants| variants.iter().find(|e| e.matches(request)).cloned()))
+            .and_then(|variants| pick(&variants, request)))
     }
 
     async fn insert(&self, key: &str, entry: Arc<CacheEntry>) -> Result<(), StoreError> {

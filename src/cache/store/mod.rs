@@ -4,6 +4,7 @@
 pub mod memory;
 pub mod redis;
 pub mod tiered;
+pub mod variants;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,26 +114,3 @@ pub enum Health {
 /// At most this many variants per key: a route that varies on a high-cardinality header
 /// keeps the newest ones instead of growing without bound.
 pub const MAX_VARIANTS: usize = 16;
-
-/// The variants of one key held in process, newest first. Replaced whole on every write
-/// (copy-on-write), so readers never see a half-updated set.
-pub type Variants = Arc<Vec<Arc<CacheEntry>>>;
-
-/// `entry` in front of the `old` variants it does not replace (another vary record) that
-/// `keep` still wants, at most `MAX_VARIANTS` in all.
-pub fn with_variant(
-    old: Option<&Variants>,
-    entry: &Arc<CacheEntry>,
-    keep: impl Fn(&CacheEntry) -> bool,
-) -> Variants {
-    let mut variants = vec![entry.clone()];
-    if let Some(old) = old {
-        variants.extend(
-            old.iter()
-                .filter(|e| e.vary != entry.vary && keep(e))
-                .take(MAX_VARIANTS - 1)
-                .cloned(),
-        );
-    }
-    Arc::new(variants)
-}

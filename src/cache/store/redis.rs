@@ -19,6 +19,7 @@ use redis::{
     RedisResult, TlsMode, Value,
 };
 
+use super::variants::pick;
 use super::{Health, Lease, Store, StoreError, MAX_VARIANTS};
 use crate::cache::entry::{self, FORMAT_VERSION};
 use crate::cache::purge::{soften, Mode, Selector};
@@ -905,11 +906,7 @@ impl Store for RedisStore {
         key: &str,
         request: &HeaderMap,
     ) -> Result<Option<Arc<CacheEntry>>, StoreError> {
-        Ok(self
-            .lookup_all(key)
-            .await?
-            .into_iter()
-            .find(|e| e.matches(request)))
+        Ok(pick(&self.lookup_all(key).await?, request))
     }
 
     async fn insert(&self, key: &str, entry: Arc<CacheEntry>) -> Result<(), StoreError> {

@@ -3,16 +3,16 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use http::HeaderMap;
 use moka::future::Cache;
-use moka::Expiry;
 
 use super::redis::{RedisStore, CLEAR_ALL};
-use super::{with_variant, Health, Lease, Store, StoreError, Variants};
+use super::variants::{pick, variant_cache, with_variant, Variants};
+use super::{Health, Lease, Store, StoreError};
 use crate::cache::purge::{Mode, Selector};
 use crate::cache::CacheEntry;
 use crate::config::L1Config;
@@ -39,50 +39,11 @@ struct Shared {
     subscribed: AtomicBool,
 }
 
-/// An L1 key lives until its last variant's soft TTL, and at most `max_ttl`: stale
-/// serving goes to L2, where the fleet-wide lease decides who refreshes.
-struct FreshFor {
-    max_ttl: Duration,
-}
-
-impl FreshFor {
-    fn ttl(&self, v: &Variants) -> Option<Duration> {
-        let until = v.iter().map(|e| e.fresh_until).max()?;
-        let left = until
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        Some(left.min(self.max_ttl))
-    }
-}
-
-impl Expiry<String, Variants> for FreshFor {
-    fn expire_after_create(&self, _: &String, v: &Variants, _: Instant) -> Option<Duration> {
-        self.ttl(v)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        v: &Variants,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.ttl(v)
-    }
-}
-
 impl TieredStore {
     pub fn new(l1: &L1Config, l2: RedisStore) -> TieredStore {
-        let cache = Cache::builder()
-            .max_capacity(l1.max_size)
-            .weigher(|key: &String, v: &Variants| {
-                let bytes = key.len() + v.iter().map(|e| e.weight()).sum::<usize>();
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
-            .expire_after(FreshFor {
-                max_ttl: l1.max_ttl,
-            })
-            .build();
+        // Never past an entry's soft TTL: stale serving goes to L2, where the fleet-wide
+        // lease decides who refreshes.
+        let cache = variant_cache(l1.max_size, |e| e.fresh_until, l1.max_ttl);
         let l2 = Arc::new(l2);
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
@@ -206,7 +167,7 @@ impl Store for TieredStore {
         }
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         let all = self.l2.lookup_all(key).await?;
-        let found = all.iter().find(|e| e.matches(request)).cloned();
+        let found = pick(&all, request);
         let fresh = Self::fresh(&all, now);
         if !fresh.is_empty()
             && self.subscribed()

@@ -315,9 +315,14 @@ pub fn reuse(
     if honour && req.no_cache {
         return Reuse::Revalidate;
     }
-    let age = entry.age(now).as_secs();
+    // Age is parsed only when the request bounds it: a plain hit computes it once, for
+    // the response.
     let ttl = entry.ttl_secs(now);
-    if honour && req.max_age.is_some_and(|max| age > max) {
+    if honour
+        && req
+            .max_age
+            .is_some_and(|max| entry.age(now).as_secs() > max)
+    {
         return Reuse::Revalidate;
     }
     if req.min_fresh.is_some_and(|min| ttl < min as i64) {

@@ -121,11 +121,13 @@ pub fn outbound(
 }
 
 pub fn append_via(headers: &mut HeaderMap) {
-    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, 1.1 cachegate"),
-        None => "1.1 cachegate".to_string(),
+    const OURS: &str = "1.1 cachegate";
+    let Some(prev) = headers.get(header::VIA) else {
+        // The common case, on every hit: no allocation.
+        headers.insert(header::VIA, HeaderValue::from_static(OURS));
+        return;
     };
-    if let Ok(v) = HeaderValue::from_str(&via) {
+    if let Ok(v) = HeaderValue::from_str(&format!("{}, {OURS}", prev.to_str().unwrap_or(""))) {
         headers.insert(header::VIA, v);
     }
 }

@@ -8,6 +8,15 @@ use crate::support::{proxy, Origin, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachegate");
 
+/// `cachegate check --config PATH`.
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_reports_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -17,11 +26,7 @@ fn check_reports_file_line_and_field() {
         "upstreams:\n  api: { url: \"http://127.0.0.1:3000\" }\nroutes:\n  - path: /a\n    upstream: api\n    ttl: soon\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -34,11 +39,7 @@ fn check_reports_file_line_and_field() {
 
     std::fs::write(&path, "upstreams:\n  api: { url: \"http://127.0.0.1:3000\" }\nroutes:\n  - path: /a\n    upstream: api\n")
         .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert!(
         out.status.success(),
         "{}",

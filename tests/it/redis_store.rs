@@ -247,3 +247,30 @@ async fn losing_the_invalidation_subscription_clears_l1() {
     assert!(cleared, "L1 was cleared when the subscription was lost");
     assert_eq!(origin.hits("/sub"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_refusing_writes_with_oom_never_fails_a_request() {
+    // Every write is refused with OOM (a Redis that is full and must not evict).
+    let redis = RedisServer::start_with(&["--maxmemory", "1", "--maxmemory-policy", "noeviction"]);
+    let origin = Origin::start(|s| Reply::ok(format!("v{}", s.n))).await;
+    let p = proxy_with_store(
+        &origin,
+        "ttl: 60s",
+        &redis.store_yaml(TIMEOUT, "{ max_size: 0 }"),
+    )
+    .await;
+    for n in 0..3 {
+        let r = p.get("/full").await;
+        assert_eq!(
+            (r.status, r.body.clone()),
+            (200, format!("v{n}")),
+            "served from the origin"
+        );
+        assert!(
+            r.cache_status().contains("detail=store-error"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(redis.cli(&["DBSIZE"]), "0", "nothing was written");
+}

@@ -91,18 +91,13 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # --- processes ---------------------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cachegate-compare.XXXXXX")
 chmod 755 "$WORK"
+# shellcheck source=loadtests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PIDS=()
 cleanup() {
   local rc=$?
   set +e
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for _ in $(seq 50); do
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [[ $alive == 1 ]] || break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  stop_all "${PIDS[@]}"
   if [[ -n ${RESULTS:-} ]]; then
     mkdir -p "$RESULTS" && cp -r "$WORK"/results.tsv "$WORK"/out "$RESULTS"/ 2>/dev/null
   fi

@@ -32,19 +32,13 @@ export RUST_LOG=${RUST_LOG:-warn}
 BIN="$ROOT/target/release/cachegate"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cachegate-load.XXXXXX")
+# shellcheck source=loadtests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PIDS=()
 cleanup() {
   local rc=$?
   set +e
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  # Give graceful shutdown up to 5 s, then force.
-  for _ in $(seq 50); do
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [[ $alive == 1 ]] || break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  stop_all "${PIDS[@]}"
   if [[ $rc == 0 ]]; then rm -rf "$WORK"; else echo "logs kept in $WORK" >&2; fi
   exit "$rc"
 }

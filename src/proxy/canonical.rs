@@ -400,6 +400,44 @@ pub fn normalize_host(raw: &str, proto: &str) -> Result<String, ProxyError> {
     }
 }
 
+// === the cache path ===
+
+/// The request line and end-to-end headers the origin receives (cachegate adds
+/// `X-Forwarded-For`, `Via`, trace context and, for the cache, validators). On the cache
+/// path it is the canonical request the key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRequest {
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+}
+
+/// The key and the upstream request of a GET or HEAD on a cached route, from one
+/// canonical form: `path` is `canonical::path`'s, `params` the route's match of it.
+/// Whatever the client sent beyond what this returns never reaches the origin.
+pub fn cache_request(
+    route: &Route,
+    params: &[(String, String)],
+    path: String,
+    raw_query: Option<&str>,
+    client: &HeaderMap,
+    fwd: &Forwarding,
+) -> Result<(String, UpstreamRequest), ProxyError> {
+    let query = query(raw_query, &route.key.query, &route.key.query_ignore)?;
+    let key = super::key::cache_key(&route.template, params, query.as_deref());
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let headers = cache_headers(client, route, fwd);
+    Ok((
+        key,
+        UpstreamRequest {
+            path_and_query,
+            headers,
+        },
+    ))
+}
+
 // === headers ===
 
 /// Negotiation headers forwarded on the cache path when the route does not list the

@@ -18,7 +18,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::header;
 use http::request::Parts;
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 use http_body::Body as _;
 use tracing::Instrument;
 
@@ -30,7 +30,7 @@ use crate::cache::purge::{Mode, Selector};
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
 use crate::config::Route;
 use crate::error::ProxyError;
-use canonical::{Forwarding, Peer};
+use canonical::{Forwarding, Peer, UpstreamRequest};
 
 /// What a fetch leader hands to the requests that waited for it.
 #[derive(Clone, Debug)]
@@ -57,15 +57,6 @@ pub struct Inbound {
     pub client: Option<SocketAddr>,
     pub fwd: Forwarding,
     pub upstream: UpstreamRequest,
-}
-
-/// The request line and end-to-end headers the origin receives (cachegate adds
-/// `X-Forwarded-*`, `Via`, trace context and, for the cache, validators). On the cache
-/// path it is the canonical request the key names (`canonical::cache_headers`).
-#[derive(Debug, Clone)]
-pub struct UpstreamRequest {
-    pub path_and_query: String,
-    pub headers: HeaderMap,
 }
 
 /// The axum handler for every proxied request.
@@ -177,28 +168,25 @@ async fn dispatch(
         let error = ProxyError::BadRequest("a GET or HEAD request must not have a body");
         return (error_response(error, &status), status);
     }
-    let query = match canonical::query(parts.uri.query(), &route.key.query, &route.key.query_ignore)
-    {
-        Ok(q) => q,
+    let (key, upstream) = match canonical::cache_request(
+        route,
+        params,
+        path,
+        parts.uri.query(),
+        &parts.headers,
+        &fwd,
+    ) {
+        Ok(c) => c,
         Err(e) => {
             let status = CacheStatus::forward(Fwd::Bypass);
             return (error_response(e, &status), status);
         }
     };
-    let key = key::cache_key(&route.template, params, query.as_deref());
-    let path_and_query = match &query {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    let headers = canonical::cache_headers(&parts.headers, route, &fwd);
     let inbound = Inbound {
         parts,
         client: peer.addr,
         fwd,
-        upstream: UpstreamRequest {
-            path_and_query,
-            headers,
-        },
+        upstream,
     };
     lookup_or_fetch(state, route, &key, inbound).await
 }

@@ -33,5 +33,6 @@ pub mod config;
 pub mod devorigin;
 pub mod error;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod telemetry;

@@ -157,5 +157,11 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let metrics = telemetry::init_metrics().ok();
     let state = AppState::new(config).await?;
+    state.set_config_path(path.to_path_buf());
+    tokio::spawn(cachegate::reload::watch(
+        state.clone(),
+        path.to_path_buf(),
+        std::time::Duration::from_secs(1),
+    ));
     server::run(state, listener, metrics, server::shutdown_signal()).await
 }

@@ -26,7 +26,7 @@ use crate::error::ProxyError;
 
 /// The proxy router with its layers.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limits = state.config.limits.clone();
+    let limits = state.runtime().config.limits.clone();
     app(state).layer(middleware::from_fn_with_state(limits, enforce_limits))
 }
 
@@ -66,7 +66,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let admin = match state.config.admin.listen {
+    let admin = match state.runtime().config.admin.listen {
         Some(addr) => {
             let admin_listener = TcpListener::bind(addr).await?;
             tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
@@ -82,7 +82,7 @@ pub async fn run(
         }
         None => None,
     };
-    tracing::info!(addr = %listener.local_addr()?, store = state.store.name(), "cachegate listening");
+    tracing::info!(addr = %listener.local_addr()?, store = state.cache.store.name(), "cachegate listening");
     let proxy = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use http::HeaderMap;
 
+use crate::cache::entry::alloc;
 use crate::cache::lock::Locks;
 use crate::cache::purge::{Mode, Selector};
 use crate::cache::store::{self, Lease, Store};
@@ -15,6 +16,11 @@ use crate::error::ProxyError;
 use crate::proxy::origin::Origins;
 use crate::proxy::route::RouteTable;
 use crate::proxy::{self, key, Shared};
+
+/// Hit-for-miss remembers keys, not responses; bounded by bytes (about 12,000 keys of
+/// 100 bytes) so a flood of distinct uncacheable URLs cannot grow it. Part of the fixed
+/// baseline beside `max_size` (README, "Sizing memory").
+const HIT_FOR_MISS_BYTES: u64 = 8 << 20;
 
 /// Who fetches a key, fleet-wide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +58,10 @@ impl AppState {
 
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> Arc<Self> {
         let hit_for_miss = moka::sync::Cache::builder()
-            .max_capacity(100_000)
+            .max_capacity(HIT_FOR_MISS_BYTES)
+            .weigher(|key: &String, _: &()| {
+                u32::try_from(store::variants::PER_KEY + alloc(key.len())).unwrap_or(u32::MAX)
+            })
             .time_to_live(config.hit_for_miss.max(Duration::from_millis(1)))
             .build();
         Arc::new(AppState {

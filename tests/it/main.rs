@@ -10,6 +10,7 @@ mod fleet_purge;
 mod forwarding;
 mod keys;
 mod memory_bound;
+mod poisoning;
 mod purge;
 mod redis_store;
 mod redis_tls;

@@ -8,11 +8,14 @@
 # FLEET_SIZE (3), SKIP_BUILD=1 to reuse target/release/cachegate, RUST_LOG (warn);
 # fleet: STORE (redis: the instances share a redis-server on REDIS_PORT, 16379; memory:
 # independent instances).
+# memory: MAX_SIZE (64MiB, the store's bound), STORE (memory, or l1: L1 of MAX_SIZE in front
+# of a redis-server on REDIS_PORT), ADMIN_PORT (18090), BASELINE (bytes, for the report);
+# RSS is sampled every second (loadtests/rss.sh) and printed against MAX_SIZE.
 # Scenario env (VUS, DURATION, HOT_PATH, ...) passes through to k6; see loadtests/README.md.
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 {stampede|cold|hit|miss|fleet} [k6 run args...]" >&2
+  echo "usage: $0 {stampede|cold|hit|miss|fleet|memory} [k6 run args...]" >&2
   exit 2
 }
 [[ $# -ge 1 ]] || usage
@@ -86,6 +89,26 @@ if [[ $SCENARIO == fleet && ${STORE:-redis} == redis ]]; then
   STORE_YAML="store: { backend: redis, redis: { url: \"redis://127.0.0.1:$REDIS_PORT\" } }"
 fi
 
+# memory: the store under test and an admin listener whose /metrics shows what it counts.
+if [[ $SCENARIO == memory ]]; then
+  MAX_SIZE=${MAX_SIZE:-64MiB}
+  ADMIN_PORT=${ADMIN_PORT:-18090}
+  if [[ ${STORE:-memory} == l1 ]]; then
+    command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install redis-server" >&2; exit 2; }
+    REDIS_PORT=${REDIS_PORT:-16379}
+    [[ $REDIS_PORT != 6379 ]] || { echo "REDIS_PORT must not be 6379" >&2; exit 2; }
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK" \
+      >"$WORK/redis.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    # max_ttl as long as the run, so L1 fills to its bound instead of expiring first.
+    STORE_YAML="store: { backend: redis, redis: { url: \"redis://127.0.0.1:$REDIS_PORT\" }, l1: { max_size: $MAX_SIZE, max_ttl: 1h } }"
+  else
+    STORE_YAML="store: { backend: memory, memory: { max_size: $MAX_SIZE } }"
+  fi
+  STORE_YAML+=$'\n'"admin: { listen: 127.0.0.1:$ADMIN_PORT }"
+fi
+
 URLS=()
 for ((i = 0; i < FLEET_SIZE; i++)); do
   port=$((PROXY_PORT + i))
@@ -113,4 +136,18 @@ export BASE_URLS
 export ORIGIN_STATS_URL="http://127.0.0.1:$ORIGIN_PORT/__stats"
 echo "origin 127.0.0.1:$ORIGIN_PORT, cachegate $BASE_URLS, logs in $WORK" >&2
 
-k6 run "$@" "$SCRIPT"
+if [[ $SCENARIO != memory ]]; then
+  k6 run "$@" "$SCRIPT"
+  exit
+fi
+max_bytes=$(numfmt --from=iec-i "${MAX_SIZE%B}" 2>/dev/null || numfmt --from=iec "${MAX_SIZE%B}")
+"$ROOT/loadtests/rss.sh" "${PIDS[-1]}" "$max_bytes" "http://127.0.0.1:$ADMIN_PORT" "$WORK/rss.txt" &
+SAMPLER=$!
+rc=0
+k6 run "$@" "$SCRIPT" || rc=$?
+sleep 2
+kill -TERM "$SAMPLER" 2>/dev/null || true
+wait "$SAMPLER" 2>/dev/null || true
+echo "memory: ${STORE:-memory} store, cachegate pid ${PIDS[-1]}"
+"$ROOT/loadtests/rss.sh" --report "$WORK/rss.txt" "$max_bytes" "${BASELINE:-0}"
+exit "$rc"

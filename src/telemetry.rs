@@ -177,3 +177,15 @@ pub fn record_store_error(op: &'static str) {
 pub fn record_reload(result: &'static str) {
     metrics::counter!("cachegate_config_reloads_total", "result" => result).increment(1);
 }
+
+/// What an in-process store tier holds, as its bound counts it (`tier`: memory, l1).
+pub fn record_store_usage(tier: &'static str, bytes: u64, entries: u64) {
+    metrics::gauge!("cachegate_store_bytes", "tier" => tier).set(bytes as f64);
+    metrics::gauge!("cachegate_store_entries", "tier" => tier).set(entries as f64);
+}
+
+/// Entries in a table that grows with traffic besides the store (`table`: hit_for_miss,
+/// single_flight).
+pub fn record_table_entries(table: &'static str, entries: u64) {
+    metrics::gauge!("cachegate_table_entries", "table" => table).set(entries as f64);
+}

@@ -13,6 +13,7 @@ use crate::app::AppState;
 use crate::cache::purge::{Mode, Selector};
 use crate::cache::store::Health;
 use crate::error::ProxyError;
+use crate::telemetry;
 
 #[derive(Clone)]
 struct Admin {
@@ -42,11 +43,18 @@ async fn ready(State(admin): State<Admin>) -> String {
 }
 
 async fn render_metrics(State(admin): State<Admin>) -> String {
-    admin
-        .metrics
-        .as_ref()
-        .map(|m| m.render())
-        .unwrap_or_default()
+    let Some(metrics) = admin.metrics.as_ref() else {
+        return String::new();
+    };
+    // Sizes are read here, once per scrape, so the hit path never pays for them.
+    let state = &admin.state;
+    if let Some(usage) = state.cache.store.usage().await {
+        telemetry::record_store_usage(usage.tier, usage.bytes, usage.entries);
+    }
+    state.cache.hit_for_miss.run_pending_tasks();
+    telemetry::record_table_entries("hit_for_miss", state.cache.hit_for_miss.entry_count());
+    telemetry::record_table_entries("single_flight", state.cache.locks.in_flight() as u64);
+    metrics.render()
 }
 
 /// `POST /purge?url=/users/1 | route=/users/{id} | tag=user-1 | prefix=/users/[&mode=soft]`

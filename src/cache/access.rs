@@ -9,10 +9,16 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
+use super::entry::alloc;
 use super::lock::Locks;
 use super::purge::{Mode, Selector};
 use super::store::{self, Lease, Store, StoreError};
 use super::CacheEntry;
+
+/// Hit-for-miss remembers keys, not responses; bounded by bytes (about 13,000 keys of
+/// 100 bytes) so a flood of distinct uncacheable URLs cannot grow it. Part of the fixed
+/// baseline beside `max_size` (README, "Sizing memory").
+const HIT_FOR_MISS_BYTES: u64 = 8 << 20;
 
 /// Who fetches a key, fleet-wide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,14 +42,17 @@ pub struct Cache<T> {
     pub locks: Arc<Locks<T>>,
     /// Keys whose last response was not storable: they skip the single flight for a
     /// while instead of queueing every request behind the previous one (hit-for-miss).
-    /// Bounded by count; its TTL is set at start-up.
+    /// Bounded by bytes; its TTL is set at start-up.
     pub hit_for_miss: moka::sync::Cache<String, ()>,
 }
 
 impl<T: Clone + Send + Sync + 'static> Cache<T> {
     pub fn new(store: Arc<dyn Store>, hit_for_miss_ttl: Duration) -> Self {
         let hit_for_miss = moka::sync::Cache::builder()
-            .max_capacity(100_000)
+            .max_capacity(HIT_FOR_MISS_BYTES)
+            .weigher(|key: &String, _: &()| {
+                u32::try_from(store::variants::PER_KEY + alloc(key.len())).unwrap_or(u32::MAX)
+            })
             .time_to_live(hit_for_miss_ttl.max(Duration::from_millis(1)))
             .build();
         Cache {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, ETAG, LAST_MODIFIED};
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_cache_semantics::CachePolicy;
 
 use super::policy::Lifetimes;
@@ -33,6 +33,9 @@ pub struct CacheEntry {
     pub vary: Vec<(HeaderName, Option<String>)>,
     /// Surrogate keys (`Surrogate-Key`, `Cache-Tag`) for purges by tag.
     pub tags: Vec<String>,
+    /// Heap bytes held (see `weight`), measured once when the entry is built. Private, so
+    /// every entry comes from `new` or `decode`, which own compact copies of their parts.
+    heap: usize,
 }
 
 /// Where an entry stands at one instant.
@@ -56,6 +59,20 @@ impl CacheEntry {
         lifetimes: Lifetimes,
         vary: Vec<(HeaderName, Option<String>)>,
     ) -> Self {
+        // What hyper hands us shares larger buffers: header values (and the request's URI
+        // and headers inside the policy) are slices of the connection's read buffer, and a
+        // body read in pieces has spare capacity. Kept as they are, each entry would pin
+        // those buffers (BENCHMARKS.md, "Memory"); so the entry keeps exact-size copies.
+        let headers = compact_headers(&headers);
+        let body = Bytes::copy_from_slice(&body);
+        let policy = postcard::to_allocvec(&policy)
+            .ok()
+            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+            .unwrap_or(policy);
+        let vary = vary
+            .into_iter()
+            .map(|(name, value)| (name, value.map(|v| v.into_boxed_str().into_string())))
+            .collect();
         let tags = tags(&headers);
         let fresh_until = now + lifetimes.fresh;
         CacheEntry {
@@ -69,7 +86,9 @@ impl CacheEntry {
             error_until: fresh_until + lifetimes.stale_if_error,
             vary,
             tags,
+            heap: 0,
         }
+        .measured()
     }
 
     pub fn freshness(&self, now: SystemTime) -> Freshness {
@@ -127,14 +146,15 @@ impl CacheEntry {
             .and_then(|v| httpdate::parse_http_date(v).ok())
     }
 
-    /// Approximate bytes held, for size-bounded stores.
+    /// Heap bytes this entry holds, `Arc` included: an upper bound on what the allocator
+    /// keeps for it (see `footprint`), so a store bounded by weight bounds the process.
     pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
-            .sum();
-        self.body.len() + headers * 2 + 256
+        self.heap
+    }
+
+    fn measured(mut self) -> Self {
+        self.heap = footprint(&self);
+        self
     }
 }
 
@@ -359,18 +379,22 @@ pub fn decode(bytes: &[u8]) -> Option<CacheEntry> {
     for (name, value) in head.vary {
         vary.push((HeaderName::from_bytes(name.as_bytes()).ok()?, value));
     }
-    Some(CacheEntry {
-        status: StatusCode::from_u16(head.status).ok()?,
-        headers,
-        body: Bytes::copy_from_slice(body),
-        policy: head.policy,
-        stored_at: from_wire_time(head.stored_at)?,
-        fresh_until: from_wire_time(head.fresh_until)?,
-        stale_until: from_wire_time(head.stale_until)?,
-        error_until: from_wire_time(head.error_until)?,
-        vary,
-        tags: head.tags,
-    })
+    Some(
+        CacheEntry {
+            status: StatusCode::from_u16(head.status).ok()?,
+            headers,
+            body: Bytes::copy_from_slice(body),
+            policy: head.policy,
+            stored_at: from_wire_time(head.stored_at)?,
+            fresh_until: from_wire_time(head.fresh_until)?,
+            stale_until: from_wire_time(head.stale_until)?,
+            error_until: from_wire_time(head.error_until)?,
+            vary,
+            tags: head.tags,
+            heap: 0,
+        }
+        .measured(),
+    )
 }
 
 #[cfg(test)]
@@ -442,5 +466,679 @@ mod encoding_tests {
         for cut in [1, 3, 5, 20, bytes.len() / 2, bytes.len() - 1] {
             assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
         }
+    }
+}
+
+// === footprint ===
+
+/// Exact-size copies of `headers`' names and values, in a map sized for them.
+fn compact_headers(headers: &HeaderMap) -> HeaderMap {
+    // One spare slot: a map grows (doubles) on any insert or append made while it is
+    // full, including the second value of its last name.
+    let mut out = HeaderMap::with_capacity(headers.keys_len() + 1);
+    for (name, value) in headers {
+        let name =
+            HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+        // A value that came out of a HeaderMap is valid; the fallback is never taken.
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name, copy);
+    }
+    out
+}
+
+/// What the allocator sets aside for a request of `n` bytes: glibc's chunk (an 8-byte
+/// header, 16-byte alignment, at least 32 bytes). The counting allocator in the tests
+/// applies the same rule to every real allocation.
+pub(crate) const fn alloc(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        let chunk = (n + 8).next_multiple_of(16);
+        if chunk < 32 {
+            32
+        } else {
+            chunk
+        }
+    }
+}
+
+/// The control block a `Bytes` (header value, header name, body) allocates the first time
+/// it is cloned, which happens when it is served.
+const SHARED: usize = alloc(3 * std::mem::size_of::<usize>());
+
+/// One slot of a `HeaderMap` (http's private `Bucket`: hash, links, name, value).
+const BUCKET: usize = std::mem::size_of::<(u16, Option<(usize, usize)>, HeaderName, HeaderValue)>();
+
+/// A second or later value of one header name (http's private `ExtraValue`).
+const EXTRA: usize = std::mem::size_of::<(HeaderValue, (usize, usize), (usize, usize))>();
+
+/// A `HeaderMap` with room for `capacity` entries (`HeaderMap::capacity`): its index of
+/// 4-byte positions and its entry slots.
+fn map_heap(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    alloc((capacity * 4).div_ceil(3) * 4) + alloc(capacity * BUCKET)
+}
+
+/// The capacity of a `HeaderMap` deserialised from `n` names: `with_capacity(n)`, doubled
+/// when that leaves no spare slot, since a map grows on any append made while it is
+/// full (a later value of its last name).
+fn map_capacity(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let n = n + 1;
+    let raw = (n + n / 3).next_power_of_two();
+    raw - raw / 4
+}
+
+/// Extra values live in a vector that doubles: room for at most twice as many, 4 at least.
+fn extra_heap(extra: usize) -> usize {
+    if extra == 0 {
+        0
+    } else {
+        alloc(extra.max(2) * 2 * EXTRA)
+    }
+}
+
+/// A string or byte run kept in its own allocation, with the `Bytes` control block it may
+/// grow when shared.
+fn owned(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        alloc(len) + SHARED
+    }
+}
+
+fn headers_heap(headers: &HeaderMap) -> usize {
+    let names: usize = headers.keys().map(|k| owned(k.as_str().len())).sum();
+    let values: usize = headers.values().map(|v| owned(v.len())).sum();
+    map_heap(headers.capacity()) + extra_heap(headers.len() - headers.keys_len()) + names + values
+}
+
+/// Heap bytes `entry` holds once it is behind an `Arc`: the counted parts as the
+/// allocator rounds them, an upper bound (names of well-known headers cost nothing and
+/// are counted anyway). The policy's parts are private to http-cache-semantics, so they
+/// are counted from its serialized form, which lists every map, name and value it keeps.
+fn footprint(entry: &CacheEntry) -> usize {
+    let mut policy = Tally::default();
+    // Counting never fails; if it did, the policy would count as empty, so guard with the
+    // response headers it certainly holds a copy of.
+    let policy = match serde::Serialize::serialize(&entry.policy, &mut policy) {
+        Ok(()) => policy.heap(),
+        Err(_) => headers_heap(&entry.headers) * 2,
+    };
+    let vary = alloc(entry.vary.capacity() * std::mem::size_of::<(HeaderName, Option<String>)>())
+        + entry
+            .vary
+            .iter()
+            .map(|(name, value)| {
+                owned(name.as_str().len()) + value.as_ref().map_or(0, |v| alloc(v.len()))
+            })
+            .sum::<usize>();
+    let tags = alloc(entry.tags.capacity() * std::mem::size_of::<String>())
+        + entry.tags.iter().map(|t| alloc(t.len())).sum::<usize>();
+    alloc(2 * std::mem::size_of::<usize>() + std::mem::size_of::<CacheEntry>())
+        + owned(entry.body.len())
+        + headers_heap(&entry.headers)
+        + policy
+        + vary
+        + tags
+}
+
+/// A serde serializer that only counts what a value keeps on the heap, as its
+/// deserialised copy would: each map as a `HeaderMap` of that many names (hash maps of
+/// the same length are smaller), each string or byte run (a sequence of `u8`, as serde
+/// writes `&[u8]`) as an owned allocation, each other sequence's elements past the first
+/// as a header's extra values.
+#[derive(Default)]
+struct Tally {
+    maps: usize,
+    strings: usize,
+    extra: usize,
+    /// The open sequences: length, and whether they turned out to hold bytes.
+    seqs: Vec<(usize, bool)>,
+}
+
+impl Tally {
+    fn heap(&self) -> usize {
+        self.maps + self.strings + extra_heap(self.extra)
+    }
+}
+
+#[derive(Debug)]
+struct TallyError;
+
+impl std::fmt::Display for TallyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot count this value")
+    }
+}
+
+impl std::error::Error for TallyError {}
+
+impl serde::ser::Error for TallyError {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        TallyError
+    }
+}
+
+macro_rules! tally_scalars {
+    ($($method:ident: $ty:ty),* $(,)?) => {
+        $(fn $method(self, _: $ty) -> Result<(), TallyError> { Ok(()) })*
+    };
+}
+
+impl serde::Serializer for &mut Tally {
+    type Ok = ();
+    type Error = TallyError;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    tally_scalars!(
+        serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
+        serialize_i64: i64, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64, serialize_f32: f32, serialize_f64: f64, serialize_char: char,
+    );
+
+    /// Like postcard: the header maps then hold byte values, as in the stored form.
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn serialize_u8(self, _: u8) -> Result<(), TallyError> {
+        if let Some(seq) = self.seqs.last_mut() {
+            seq.1 = true;
+        }
+        Ok(())
+    }
+
+    fn serialize_str(self, v: &str) -> Result<(), TallyError> {
+        self.strings += owned(v.len());
+        Ok(())
+    }
+
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), TallyError> {
+        self.strings += owned(v.len());
+        Ok(())
+    }
+
+    fn serialize_none(self) -> Result<(), TallyError> {
+        Ok(())
+    }
+
+    fn serialize_some<T: ?Sized + serde::Serialize>(self, v: &T) -> Result<(), TallyError> {
+        v.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<(), TallyError> {
+        Ok(())
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), TallyError> {
+        Ok(())
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<(), TallyError> {
+        Ok(())
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + serde::Serialize>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), TallyError> {
+        v.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: ?Sized + serde::Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), TallyError> {
+        v.serialize(self)
+    }
+
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self, TallyError> {
+        self.seqs.push((len.ok_or(TallyError)?, false));
+        Ok(self)
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<Self, TallyError> {
+        Ok(self)
+    }
+
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, TallyError> {
+        Ok(self)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, TallyError> {
+        Ok(self)
+    }
+
+    fn serialize_map(self, len: Option<usize>) -> Result<Self, TallyError> {
+        self.maps += map_heap(map_capacity(len.ok_or(TallyError)?));
+        Ok(self)
+    }
+
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, TallyError> {
+        Ok(self)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, TallyError> {
+        Ok(self)
+    }
+}
+
+macro_rules! tally_compound {
+    ($($trait:ident { $($method:ident($($arg:ty),*)),* })*) => {
+        $(impl serde::ser::$trait for &mut Tally {
+            type Ok = ();
+            type Error = TallyError;
+            $(fn $method<T: ?Sized + serde::Serialize>(&mut self, $(_: $arg,)* v: &T) -> Result<(), TallyError> {
+                v.serialize(&mut **self)
+            })*
+            fn end(self) -> Result<(), TallyError> {
+                Ok(())
+            }
+        })*
+    };
+}
+
+impl serde::ser::SerializeSeq for &mut Tally {
+    type Ok = ();
+    type Error = TallyError;
+
+    fn serialize_element<T: ?Sized + serde::Serialize>(&mut self, v: &T) -> Result<(), TallyError> {
+        v.serialize(&mut **self)
+    }
+
+    fn end(self) -> Result<(), TallyError> {
+        match self.seqs.pop() {
+            Some((len, true)) => self.strings += owned(len),
+            Some((len, false)) => self.extra += len.saturating_sub(1),
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+tally_compound! {
+    SerializeTuple { serialize_element() }
+    SerializeTupleStruct { serialize_field() }
+    SerializeTupleVariant { serialize_field() }
+    SerializeStruct { serialize_field(&'static str) }
+    SerializeStructVariant { serialize_field(&'static str) }
+}
+
+impl serde::ser::SerializeMap for &mut Tally {
+    type Ok = ();
+    type Error = TallyError;
+
+    fn serialize_key<T: ?Sized + serde::Serialize>(&mut self, k: &T) -> Result<(), TallyError> {
+        k.serialize(&mut **self)
+    }
+
+    fn serialize_value<T: ?Sized + serde::Serialize>(&mut self, v: &T) -> Result<(), TallyError> {
+        v.serialize(&mut **self)
+    }
+
+    fn end(self) -> Result<(), TallyError> {
+        Ok(())
+    }
+}
+
+/// Counts, per thread, the bytes live in the allocator (each allocation rounded as `alloc`
+/// rounds it), so a test can compare what an entry really holds with its weight.
+#[cfg(test)]
+pub(crate) mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    fn add(delta: isize) {
+        // During thread teardown the counter may be gone; that thread measures nothing.
+        let _ = LIVE.try_with(|live| live.set(live.get() + delta));
+    }
+
+    fn chunk(size: usize) -> isize {
+        super::alloc(size) as isize
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(chunk(layout.size()));
+            }
+            p
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                add(chunk(layout.size()));
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(p, layout) };
+            add(-chunk(layout.size()));
+        }
+
+        unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let q = unsafe { System.realloc(p, layout, new_size) };
+            if !q.is_null() {
+                add(chunk(new_size) - chunk(layout.size()));
+            }
+            q
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Bytes this thread allocated and has not freed.
+    pub fn live() -> isize {
+        LIVE.with(Cell::get)
+    }
+}
+
+#[cfg(test)]
+mod footprint_tests {
+    use super::counting::live;
+    use super::*;
+    use bytes::BytesMut;
+    use http::Uri;
+
+    /// A connection's read buffer, as hyper keeps it: parsed header values (and the
+    /// request target) are slices of it.
+    struct Connection {
+        buf: Bytes,
+        text: String,
+    }
+
+    impl Connection {
+        fn new() -> Self {
+            Connection {
+                buf: Bytes::new(),
+                text: String::new(),
+            }
+        }
+
+        /// Writes `v` into the connection text; `slice` hands out the parts once it is frozen.
+        fn put(&mut self, v: &str) -> std::ops::Range<usize> {
+            let start = self.text.len();
+            self.text.push_str(v);
+            start..self.text.len()
+        }
+
+        fn freeze(&mut self, size: usize) {
+            let mut buf = BytesMut::with_capacity(size.max(self.text.len()));
+            buf.extend_from_slice(self.text.as_bytes());
+            buf.resize(size.max(self.text.len()), b' ');
+            self.buf = buf.freeze();
+        }
+
+        fn value(&self, at: &std::ops::Range<usize>) -> HeaderValue {
+            HeaderValue::from_maybe_shared(self.buf.slice(at.clone())).unwrap()
+        }
+    }
+
+    struct Shape {
+        body: usize,
+        /// Extra response headers (name length, value length), beyond the usual ones.
+        headers: Vec<(usize, usize)>,
+        repeated: usize,
+        vary: usize,
+        tags: usize,
+    }
+
+    /// Builds an entry from parts that share 16 KiB connection buffers and a body with
+    /// spare capacity, the way a fetch does, then drops everything but the entry.
+    fn build(shape: &Shape) -> CacheEntry {
+        let mut req_conn = Connection::new();
+        let target = req_conn.put("/users/42?fields=name,email&page=3");
+        let req_headers: Vec<_> = [
+            ("host", "api.example.test"),
+            (
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126",
+            ),
+            ("accept", "application/json, text/plain, */*"),
+            ("accept-language", "en-GB,en;q=0.9,fr;q=0.8"),
+            ("accept-encoding", "gzip, deflate, br"),
+            ("x-request-id", "6f1c2a9e-4b7d-4e0a-9d1e-2b8f7c3a5d10"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-forwarded-for", "10.1.2.3"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n, req_conn.put(v)))
+        .collect();
+        req_conn.freeze(16 << 10);
+
+        let mut res_conn = Connection::new();
+        let mut res_headers: Vec<(String, std::ops::Range<usize>)> = [
+            ("content-type", "application/json"),
+            (
+                "cache-control",
+                "public, max-age=60, stale-while-revalidate=30",
+            ),
+            ("etag", "\"33a64df551425fcc55e4d42a148795d9f25f89d4\""),
+            ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+            ("date", "Tue, 01 Dec 2026 22:00:00 GMT"),
+            ("server", "origin/1.0"),
+            ("x-origin-region", "eu-west-1"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), res_conn.put(v)))
+        .collect();
+        for (i, &(name, value)) in shape.headers.iter().enumerate() {
+            let n = format!("x-h{i}-{}", "n".repeat(name));
+            res_headers.push((n, res_conn.put(&"v".repeat(value))));
+        }
+        for i in 0..shape.repeated {
+            res_headers.push((
+                "link".into(),
+                res_conn.put(&format!("</s/{i}.css>; rel=preload")),
+            ));
+        }
+        let tags: Vec<String> = (0..shape.tags).map(|i| format!("tag-{i}")).collect();
+        if !tags.is_empty() {
+            res_headers.push(("surrogate-key".into(), res_conn.put(&tags.join(" "))));
+        }
+        let vary_names: Vec<String> = (0..shape.vary).map(|i| format!("x-vary-{i}")).collect();
+        if !vary_names.is_empty() {
+            res_headers.push(("vary".into(), res_conn.put(&vary_names.join(", "))));
+        }
+        res_conn.freeze(16 << 10);
+
+        let mut req = http::Request::new(());
+        *req.uri_mut() = Uri::from_maybe_shared(req_conn.buf.slice(target)).unwrap();
+        for (name, at) in &req_headers {
+            req.headers_mut().append(*name, req_conn.value(at));
+        }
+        for name in &vary_names {
+            req.headers_mut().append(
+                HeaderName::try_from(name.as_str()).unwrap(),
+                HeaderValue::from_static("some-value"),
+            );
+        }
+        let mut resp = http::Response::new(());
+        for (name, at) in &res_headers {
+            resp.headers_mut().append(
+                HeaderName::try_from(name.as_str()).unwrap(),
+                res_conn.value(at),
+            );
+        }
+        let (req, _) = req.into_parts();
+        let policy = CachePolicy::new(&req, &resp);
+
+        // Read in 16 KiB frames into a growing buffer, as `origin::read_body` does.
+        let mut body = BytesMut::new();
+        let frame = vec![b'x'; 16 << 10];
+        while body.len() < shape.body {
+            let n = (shape.body - body.len()).min(frame.len());
+            body.extend_from_slice(&frame[..n]);
+        }
+        let names: Vec<HeaderName> = vary_names
+            .iter()
+            .map(|n| HeaderName::try_from(n.as_str()).unwrap())
+            .collect();
+        CacheEntry::new(
+            StatusCode::OK,
+            resp.headers().clone(),
+            body.freeze(),
+            policy,
+            SystemTime::now(),
+            Lifetimes {
+                fresh: Duration::from_secs(60),
+                stale: Duration::from_secs(30),
+                stale_if_error: Duration::from_secs(300),
+            },
+            vary_values(&req.headers, &names),
+        )
+    }
+
+    /// (bytes the entry keeps alive, its weight), after it has been served twice (a
+    /// served entry's `Bytes` grow their shared control blocks).
+    fn measure(shape: &Shape) -> (usize, usize) {
+        let before = live();
+        let entry = std::sync::Arc::new(build(shape));
+        for _ in 0..2 {
+            let served = (
+                entry.headers.clone(),
+                entry.body.clone(),
+                entry.policy.clone(),
+            );
+            drop(served);
+        }
+        let held = usize::try_from(live() - before).unwrap();
+        (held, entry.weight())
+    }
+
+    #[test]
+    fn the_weight_covers_the_real_heap_footprint_of_representative_entries() {
+        let shapes = [
+            (
+                "100 B body",
+                Shape {
+                    body: 100,
+                    headers: vec![],
+                    repeated: 0,
+                    vary: 0,
+                    tags: 0,
+                },
+            ),
+            (
+                "1 KiB body",
+                Shape {
+                    body: 1024,
+                    headers: vec![],
+                    repeated: 0,
+                    vary: 0,
+                    tags: 0,
+                },
+            ),
+            (
+                "64 KiB body",
+                Shape {
+                    body: 64 << 10,
+                    headers: vec![],
+                    repeated: 0,
+                    vary: 0,
+                    tags: 0,
+                },
+            ),
+            (
+                "many headers",
+                Shape {
+                    body: 512,
+                    headers: (0..40).map(|i| (i % 20, i * 7 % 90)).collect(),
+                    repeated: 9,
+                    vary: 0,
+                    tags: 0,
+                },
+            ),
+            (
+                "variant with tags",
+                Shape {
+                    body: 2048,
+                    headers: vec![(4, 12)],
+                    repeated: 0,
+                    vary: 3,
+                    tags: 12,
+                },
+            ),
+        ];
+        for (name, shape) in &shapes {
+            let (held, weight) = measure(shape);
+            eprintln!("{name}: held {held} B, weight {weight} B");
+            // Also proves nothing is pinned: the weight counts no connection buffer (16
+            // KiB here) and no spare body capacity, so either would exceed it.
+            assert!(
+                weight >= held,
+                "{name}: weight {weight} < {held} bytes really held"
+            );
+            // Not so pessimistic that a bound by weight would waste the memory it promises.
+            assert!(
+                weight <= held + held / 2 + 512,
+                "{name}: weight {weight} for {held} held"
+            );
+        }
+    }
+
+    #[test]
+    fn decoded_entries_are_weighed_like_built_ones() {
+        let shape = Shape {
+            body: 1024,
+            headers: vec![(3, 20)],
+            repeated: 2,
+            vary: 1,
+            tags: 2,
+        };
+        let entry = build(&shape);
+        let before = live();
+        let decoded = std::sync::Arc::new(decode(&encode(&entry)).unwrap());
+        let served = (decoded.headers.clone(), decoded.body.clone());
+        drop(served);
+        let held = usize::try_from(live() - before).unwrap();
+        assert!(decoded.weight() >= held, "{} < {held}", decoded.weight());
     }
 }

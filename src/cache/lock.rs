@@ -9,7 +9,15 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+/// A table with more slots than this, three quarters empty, is shrunk: a burst of distinct
+/// misses would otherwise leave its peak capacity allocated for the life of the process.
+const SHRINK_ABOVE: usize = 1024;
+
 /// The lock table. A std `Mutex` because it is never held across an `.await`.
+///
+/// It holds one flight per key being fetched right now, so its size follows the fetches
+/// in flight (each bounded by the upstream timeout), not the keys ever seen; after a burst
+/// it gives its slots back (`SHRINK_ABOVE`).
 pub struct Locks<T> {
     flights: Mutex<HashMap<String, Arc<Flight<T>>>>,
 }
@@ -80,6 +88,15 @@ impl<T: Clone + Send + Sync + 'static> Locks<T> {
     pub fn in_flight(&self) -> usize {
         self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
+
+    /// Slots the table has allocated (for the test that it shrinks after a burst).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .capacity()
+    }
 }
 
 impl<T> Permit<T> {
@@ -102,6 +119,10 @@ impl<T> Drop for Permit<T> {
             .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
         {
             flights.remove(&self.key);
+            let (len, capacity) = (flights.len(), flights.capacity());
+            if capacity > SHRINK_ABOVE && len < capacity / 4 {
+                flights.shrink_to(len * 2);
+            }
         }
         // The sender drops with the last Arc; a waiter that saw no value reads Abandoned.
     }
@@ -168,6 +189,18 @@ mod tests {
             Err(WaitError::Abandoned)
         );
         assert!(locks.try_lock("k").is_some(), "the key is free again");
+    }
+
+    #[tokio::test]
+    async fn the_table_gives_back_its_slots_after_a_burst() {
+        let locks = Locks::<u32>::new();
+        let permits: Vec<_> = (0..20_000)
+            .map(|i| locks.try_lock(&format!("k{i}")).unwrap())
+            .collect();
+        assert!(locks.capacity() >= 20_000);
+        drop(permits);
+        assert_eq!(locks.in_flight(), 0);
+        assert!(locks.capacity() <= SHRINK_ABOVE * 2, "{}", locks.capacity());
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use http::HeaderMap;
 use moka::future::Cache;
 
 use super::variants::{pick, variant_cache, with_variant, Variants};
-use super::{Store, StoreError};
+use super::{Store, StoreError, Usage};
 use crate::cache::purge::{soften, Mode, Selector};
 use crate::cache::CacheEntry;
 
@@ -86,6 +86,15 @@ impl Store for MemoryStore {
             }
         }
         Ok(selected.len() as u64)
+    }
+
+    async fn usage(&self) -> Option<Usage> {
+        self.cache.run_pending_tasks().await;
+        Some(Usage {
+            tier: "memory",
+            bytes: self.cache.weighted_size(),
+            entries: self.cache.entry_count(),
+        })
     }
 
     fn name(&self) -> &'static str {

@@ -86,6 +86,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// What the store keeps in this process, as its bound counts it; None when it keeps
+    /// nothing here. Brings moka's lazy counters up to date first: call it on a metrics
+    /// scrape, not per request.
+    async fn usage(&self) -> Option<Usage> {
+        None
+    }
+
     /// Whether the backend is usable right now (readiness, logs).
     fn health(&self) -> Health {
         Health::Ok
@@ -93,6 +100,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
+}
+
+/// The counted size of an in-process tier (`cachegate_store_bytes{tier}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// `memory` (the memory store) or `l1` (in front of Redis).
+    pub tier: &'static str,
+    /// Sum of the weights (`variants::weight`), which `max_size` bounds.
+    pub bytes: u64,
+    /// Keys held.
+    pub entries: u64,
 }
 
 /// The answer to `acquire_lease`.

@@ -12,7 +12,7 @@ use moka::future::Cache;
 
 use super::redis::{RedisStore, CLEAR_ALL};
 use super::variants::{pick, variant_cache, with_variant, Variants};
-use super::{Health, Lease, Store, StoreError};
+use super::{Health, Lease, Store, StoreError, Usage};
 use crate::cache::purge::{Mode, Selector};
 use crate::cache::CacheEntry;
 use crate::config::L1Config;
@@ -233,6 +233,15 @@ impl Store for TieredStore {
 
     async fn release_lease(&self, key: &str, token: &str) -> Result<(), StoreError> {
         self.l2.release_lease(key, token).await
+    }
+
+    async fn usage(&self) -> Option<Usage> {
+        self.l1.run_pending_tasks().await;
+        Some(Usage {
+            tier: "l1",
+            bytes: self.l1.weighted_size(),
+            entries: self.l1.entry_count(),
+        })
     }
 
     fn health(&self) -> Health {

@@ -10,7 +10,13 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use super::MAX_VARIANTS;
+use crate::cache::entry::alloc;
 use crate::cache::CacheEntry;
+
+/// Heap bytes moka keeps per key besides the key's text and the set: its node, the
+/// `Arc`s around key and value entry, deque and timer-wheel nodes, hash-table slots and
+/// frequency-sketch growth. Measured (with margin) by `tests::the_weigher_covers_what_the_cache_allocates`.
+pub const PER_KEY: usize = 512;
 
 /// The variants of one key, newest first. Replaced whole on every write (copy-on-write),
 /// so readers never see a half-updated set.
@@ -25,12 +31,18 @@ pub fn variant_cache(
 ) -> Cache<String, Variants> {
     Cache::builder()
         .max_capacity(max_bytes)
-        .weigher(|key: &String, v: &Variants| {
-            let bytes = key.len() + v.iter().map(|e| e.weight()).sum::<usize>();
-            u32::try_from(bytes).unwrap_or(u32::MAX)
-        })
+        .weigher(|key: &String, v: &Variants| u32::try_from(weight(key, v)).unwrap_or(u32::MAX))
         .expire_after(Until { deadline, cap })
         .build()
+}
+
+/// Heap bytes one key costs the cache: moka's bookkeeping, the key, the set, and every
+/// variant (`CacheEntry::weight`). An entry shared by an old and a new set is counted in
+/// each while both exist, which only overstates.
+pub fn weight(key: &str, variants: &Variants) -> usize {
+    let set = alloc(2 * size_of::<usize>() + size_of::<Vec<()>>())
+        + alloc(variants.capacity() * size_of::<usize>());
+    PER_KEY + alloc(key.len()) + set + variants.iter().map(|e| e.weight()).sum::<usize>()
 }
 
 /// The variant a request selects (its vary record matches).
@@ -85,5 +97,97 @@ impl Expiry<String, Variants> for Until {
         _: Option<Duration>,
     ) -> Option<Duration> {
         self.ttl(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::counting::live;
+    use crate::cache::policy::Lifetimes;
+    use bytes::Bytes;
+    use http::StatusCode;
+    use http_cache_semantics::CachePolicy;
+
+    fn entry(n: usize) -> Arc<CacheEntry> {
+        let req = http::Request::get(format!("/items/{n}")).body(()).unwrap();
+        let resp = http::Response::builder()
+            .header("content-type", "application/json")
+            .header("cache-control", "max-age=600")
+            .header("etag", format!("\"{n}\""))
+            .body(())
+            .unwrap();
+        let policy = CachePolicy::new(&req.into_parts().0, &resp);
+        Arc::new(CacheEntry::new(
+            StatusCode::OK,
+            resp.headers().clone(),
+            Bytes::from(vec![b'x'; 100 + n % 64]),
+            policy,
+            SystemTime::now(),
+            Lifetimes {
+                fresh: Duration::from_secs(600),
+                stale: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+            },
+            Vec::new(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_weigher_covers_what_the_cache_allocates() {
+        for keys in [1_000, 10_000] {
+            let cache = variant_cache(1 << 40, CacheEntry::keep_until, Duration::MAX);
+            cache.run_pending_tasks().await;
+            let start = live();
+            let sets: Vec<(String, Variants)> = (0..keys)
+                .map(|n| {
+                    (
+                        format!("/items/{{id}}|id={n}|"),
+                        with_variant(None, &entry(n), |_| true),
+                    )
+                })
+                .collect();
+            let built = live() - start;
+            for (key, set) in sets {
+                cache.insert(key, set).await;
+            }
+            cache.run_pending_tasks().await;
+            let held = usize::try_from(live() - start).unwrap() as u64;
+            let counted = cache.weighted_size();
+            let moka = (held as f64 - built as f64) / keys as f64;
+            eprintln!(
+                "{keys} keys: held {held} B, counted {counted} B; moka's share {moka:.0} B per key"
+            );
+            assert_eq!(cache.entry_count(), keys as u64);
+            assert!(
+                counted >= held,
+                "{keys} keys: counted {counted} < {held} held"
+            );
+            assert!(
+                moka <= PER_KEY as f64,
+                "{keys} keys: moka holds {moka:.0} B per key"
+            );
+            // Pessimistic for tiny entries (well-known header names are counted, though
+            // they cost nothing), not by more than this.
+            assert!(
+                counted <= 2 * held,
+                "{keys} keys: counted {counted} for {held} held"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bound_holds_for_the_counted_bytes() {
+        let max = 256 << 10;
+        let cache = variant_cache(max, CacheEntry::keep_until, Duration::MAX);
+        for n in 0..5_000 {
+            let e = entry(n);
+            cache
+                .insert(format!("/k/{n}"), with_variant(None, &e, |_| true))
+                .await;
+        }
+        cache.run_pending_tasks().await;
+        assert!(cache.weighted_size() <= max, "{}", cache.weighted_size());
+        assert!(cache.entry_count() > 0);
     }
 }

@@ -12,6 +12,7 @@ mod keys;
 mod purge;
 mod redis_store;
 mod redis_tls;
+mod rfc9110_interim;
 mod rfc9110_ranges;
 mod rfc9111_freshness;
 mod rfc9111_invalidation;

@@ -201,7 +201,7 @@ fn language_preferences(header: &str) -> String {
         ranges.push((q, range));
     }
     // Stable: equal q keeps the client's order.
-    ranges.sort_by(|a, b| b.0.cmp(&a.0));
+    ranges.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut out = String::with_capacity(header.len());
     for (q, range) in ranges {
         if !out.is_empty() {

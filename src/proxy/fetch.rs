@@ -86,9 +86,9 @@ pub async fn fetch(
             }
             let (renewed, storability) = renew(route, old, &request_parts, &parts, now);
             let renewed = Arc::new(renewed);
-            status.ttl = Some(renewed.ttl_secs(now));
             let shared = match storability {
                 Storability::Store(_) => {
+                    status.ttl = Some(renewed.ttl_secs(now));
                     status.stored = state.store_entry(key, renewed.clone()).await;
                     status.detail = Some(Detail::NotModified);
                     Shared::Entry(renewed.clone(), StatusCode::NOT_MODIFIED)

@@ -159,8 +159,9 @@ impl CacheEntry {
 }
 
 /// The request's value for `name`, normalised so equivalent requests share a variant:
-/// repeated lines comma-joined, whitespace around elements dropped, and
-/// `Accept-Encoding` reduced to the one coding cachegate would pick.
+/// repeated lines comma-joined, whitespace around elements dropped, `Accept-Encoding`
+/// reduced to the codings cachegate would pick from, `Accept-Language` to its ranges in
+/// order of preference.
 pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
     let mut values = request.get_all(name).iter().peekable();
     values.peek()?;
@@ -174,7 +175,67 @@ pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
     if name == ACCEPT_ENCODING {
         return Some(accepted_codings(&joined));
     }
+    if name.as_str() == "accept-language" {
+        return Some(language_preferences(&joined));
+    }
     Some(joined)
+}
+
+/// `Accept-Language` as the origin reads it: ranges lower-cased (RFC 4647 §2: case does
+/// not matter), whitespace dropped, q-values written one way (`q=0.50` is `q=0.5`, `q=1`
+/// is no q) and ranges ordered by q, highest first. Ranges with equal q keep the client's
+/// order: RFC 9110 §12.5.4 notes that servers may read that order as a preference, so
+/// `fr, en` and `en, fr` may get different languages and stay different variants. A
+/// list that does not parse is kept as it came (after whitespace), sharing with no other.
+fn language_preferences(header: &str) -> String {
+    // An RFC 9110 §12.4.2 qvalue in thousandths: `0`, `0.5`, `0.125`, `1`, `1.000`.
+    fn qvalue(v: &str) -> Option<u16> {
+        let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+        if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let thousandths = format!("{frac:0<3}").parse::<u16>().ok()?;
+        match int {
+            "0" => Some(thousandths),
+            "1" if thousandths == 0 => Some(1000),
+            _ => None,
+        }
+    }
+    let mut ranges: Vec<(u16, String)> = Vec::new();
+    for element in header.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut parts = element.split(';').map(str::trim);
+        let range = parts.next().unwrap_or("").to_ascii_lowercase();
+        let mut q = 1000;
+        for param in parts {
+            let Some((k, v)) = param.split_once('=') else {
+                return header.to_string();
+            };
+            if !k.trim().eq_ignore_ascii_case("q") {
+                return header.to_string();
+            }
+            match qvalue(v.trim()) {
+                Some(v) => q = v,
+                None => return header.to_string(),
+            }
+        }
+        ranges.push((q, range));
+    }
+    // Stable: equal q keeps the client's order.
+    ranges.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut out = String::with_capacity(header.len());
+    for (q, range) in ranges {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&range);
+        if q == 0 {
+            out.push_str(";q=0");
+        } else if q < 1000 {
+            out.push_str(";q=0.");
+            out.push_str(format!("{q:03}").trim_end_matches('0'));
+        }
+    }
+    out
 }
 
 /// The known content codings a client accepts, sorted: browsers that list the same

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{AUTHORIZATION, CACHE_CONTROL, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::header::{
+    AGE, AUTHORIZATION, CACHE_CONTROL, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY,
+};
 use http::{HeaderMap, HeaderName, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
@@ -63,9 +65,16 @@ impl Targets {
         })
     }
 
-    /// The targeted fields, most specific first; never sent downstream.
+    /// The targeted fields, most specific first.
     pub fn fields(&self) -> &[HeaderName] {
         &self.fields
+    }
+
+    /// The `NAME-Cache-Control` fields addressed to this cache alone: consumed here,
+    /// never sent downstream. `CDN-Cache-Control` is not among them, since another CDN may
+    /// sit in front of cachegate and read it too.
+    pub fn own_fields(&self) -> &[HeaderName] {
+        &self.fields[..self.fields.len() - 1]
     }
 }
 
@@ -93,7 +102,7 @@ impl Default for RoutePolicy {
 }
 
 /// The response headers as this cache must read them: the most specific targeted field
-/// (RFC 9213), or `Surrogate-Control` directives for this cache, replaces
+/// (RFC 9213) that parses, or `Surrogate-Control` directives for this cache, replaces
 /// `Cache-Control`. Downstream still gets the original `Cache-Control`.
 pub fn effective_headers<'a>(
     headers: &'a HeaderMap,
@@ -101,16 +110,23 @@ pub fn effective_headers<'a>(
 ) -> std::borrow::Cow<'a, HeaderMap> {
     use std::borrow::Cow;
     for field in &targets.fields {
-        let values: Vec<_> = headers.get_all(field).iter().cloned().collect();
-        if !values.is_empty() {
-            let mut h = headers.clone();
-            h.remove(CACHE_CONTROL);
-            h.remove(EXPIRES);
-            for v in values {
-                h.append(CACHE_CONTROL, v);
-            }
-            return Cow::Owned(h);
+        if !headers.contains_key(field) {
+            continue;
         }
+        // A field that is not a valid Dictionary is ignored as a whole (RFC 9213 §2.1):
+        // the next, less specific one applies, and in the end `Cache-Control`.
+        let Some(value) = targeted_cache_control(headers.get_all(field)) else {
+            continue;
+        };
+        let mut h = headers.clone();
+        h.remove(CACHE_CONTROL);
+        h.remove(EXPIRES);
+        if !value.is_empty() {
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                h.insert(CACHE_CONTROL, v);
+            }
+        }
+        return Cow::Owned(h);
     }
     let surrogate: Vec<String> = directives(headers.get_all("surrogate-control"))
         .into_iter()
@@ -140,6 +156,72 @@ pub fn effective_headers<'a>(
         h.insert(CACHE_CONTROL, v);
     }
     Cow::Owned(h)
+}
+
+/// A targeted field (`CDN-Cache-Control`, `NAME-Cache-Control`) read as the RFC 8941
+/// Dictionary it is (RFC 9213 §2.1) and written back as the `Cache-Control` value it
+/// stands for. `None` when the field fails to parse, is empty, or gives a directive this
+/// cache knows a value of the wrong type (`max-age="60"`, `max-age=1.5`, `no-store=5`):
+/// then the whole field is ignored. Parameters are ignored; unknown directives dropped.
+fn targeted_cache_control<'a>(
+    values: impl IntoIterator<Item = &'a http::HeaderValue>,
+) -> Option<String> {
+    use sfv::{BareItem, ListEntry};
+    let mut lines = Vec::new();
+    for v in values {
+        lines.push(v.to_str().ok()?);
+    }
+    let dict: sfv::Dictionary = sfv::Parser::new(&lines.join(", "))
+        .with_version(sfv::Version::Rfc8941)
+        .parse()
+        .ok()?;
+    if dict.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(dict.len());
+    for (key, member) in &dict {
+        let name = key.as_str();
+        let bare = match member {
+            ListEntry::Item(item) => Some(&item.bare_item),
+            ListEntry::InnerList(_) => None,
+        };
+        match name {
+            "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error" => {
+                let secs = bare
+                    .and_then(BareItem::as_integer)
+                    .and_then(|n| u64::try_from(n).ok())?;
+                out.push(format!("{name}={secs}"));
+            }
+            "no-cache" | "private" => match member {
+                ListEntry::Item(item) => match &item.bare_item {
+                    BareItem::Boolean(true) => out.push(name.to_string()),
+                    BareItem::String(fields) => out.push(format!("{name}=\"{}\"", fields.as_str())),
+                    _ => return None,
+                },
+                // `private=("set-cookie" "x-user")`: the fields a list names.
+                ListEntry::InnerList(list) => {
+                    let mut fields = Vec::with_capacity(list.items.len());
+                    for item in &list.items {
+                        match &item.bare_item {
+                            BareItem::String(f) => fields.push(f.as_str().to_string()),
+                            BareItem::Token(f) => fields.push(f.as_str().to_string()),
+                            _ => return None,
+                        }
+                    }
+                    out.push(format!("{name}=\"{}\"", fields.join(", ")));
+                }
+            },
+            "no-store" | "must-revalidate" | "proxy-revalidate" | "public" | "immutable"
+            | "no-transform" | "must-understand" => {
+                if bare.and_then(BareItem::as_boolean) != Some(true) {
+                    return None;
+                }
+                out.push(name.to_string());
+            }
+            _ => {}
+        }
+    }
+    Some(out.join(", "))
 }
 
 /// The Cache-Control directives a shared cache acts on. Only what the
@@ -197,6 +279,13 @@ impl Directives {
     /// Stale copies must not be served at all (RFC 9111 §5.2.2.2, §5.2.2.8).
     pub fn forbids_stale(&self) -> bool {
         self.must_revalidate || self.proxy_revalidate || self.no_cache
+    }
+
+    /// Only the origin's own `stale-while-revalidate` / `stale-if-error` may let a stale
+    /// copy be served; the route's windows and a client's `max-stale` may not. Also true
+    /// for `s-maxage`, which carries `proxy-revalidate` for a shared cache (§5.2.2.10).
+    pub fn stale_needs_origin_consent(&self) -> bool {
+        self.forbids_stale() || self.s_maxage
     }
 }
 
@@ -338,7 +427,7 @@ pub fn reuse(
             let accepted = req.max_stale.is_some_and(|max| staleness <= max);
             if accepted
                 && !Directives::parse(&effective_headers(&entry.headers, &route.targets))
-                    .forbids_stale()
+                    .stale_needs_origin_consent()
             {
                 Reuse::Stale
             } else {
@@ -388,33 +477,79 @@ pub fn cache_options() -> CacheOptions {
     }
 }
 
-/// The response as `http-cache-semantics` should read it, correcting three places where
-/// it is stricter than RFC 9111 for a shared cache:
+/// The response as `http-cache-semantics` should read it, correcting the places where
+/// it reads a response otherwise than RFC 9111 for a shared cache:
 /// - `private="f"` / `no-cache="f"` only strip fields (cachegate strips them), yet the
 ///   crate reads them as unqualified;
 /// - `proxy-revalidate` forbids stale reuse but not fresh reuse (§5.2.2.8), yet the
 ///   crate gives it no freshness: read it as `must-revalidate`;
+/// - directive names are case-insensitive (§5.2), yet the crate matches them exactly:
+///   they are lower-cased;
+/// - `Age` is the first member if it is a non-negative integer, and ignored otherwise
+///   (§5.1; the crate would read `+5` as 5 and `10, 20` as nothing);
+/// - `Expires`, `Date` and `Last-Modified` are one of the three formats of RFC 9110
+///   §5.6.7 (the crate reads RFC 2822 instead, which admits other forms and refuses RFC
+///   850 and asctime): valid ones are handed over as IMF-fixdate, an invalid `Expires`
+///   as `0` (already expired, §5.3), an invalid `Date` or `Last-Modified` not at all;
 /// - a status the crate does not know (e.g. 500, 403) with explicit freshness may be
 ///   stored (§3), yet the crate refuses: it reads it as a 200 for freshness only.
 pub fn library_response(status: StatusCode, effective: &HeaderMap) -> LibraryView<'_> {
-    let list = directives(effective.get_all(CACHE_CONTROL));
-    let needs_rewrite = list.iter().any(|(name, arg)| {
-        name == "proxy-revalidate" || (arg.is_some() && (name == "private" || name == "no-cache"))
-    });
-    let headers = if needs_rewrite {
-        let rewritten: Vec<String> = list
-            .iter()
-            .filter(|(name, arg)| !(arg.is_some() && (name == "private" || name == "no-cache")))
-            .map(|(name, arg)| match (name.as_str(), arg) {
-                ("proxy-revalidate", _) => "must-revalidate".to_string(),
-                (_, Some(a)) => format!("{name}={a}"),
-                (_, None) => name.clone(),
-            })
-            .collect();
+    let cc_lines = effective.get_all(CACHE_CONTROL);
+    let list = directives(cc_lines.iter());
+    let cc_rewrite = cc_lines
+        .iter()
+        .any(|v| v.as_bytes().iter().any(u8::is_ascii_uppercase))
+        || list.iter().any(|(name, arg)| {
+            name == "proxy-revalidate"
+                || (arg.is_some() && (name == "private" || name == "no-cache"))
+        });
+    let mut fixes: Vec<(HeaderName, Option<http::HeaderValue>)> = Vec::new();
+    if let Some(age) = effective.get(AGE) {
+        if let Some(fixed) = library_age(age) {
+            fixes.push((AGE, fixed));
+        }
+    }
+    for name in [EXPIRES, DATE, LAST_MODIFIED] {
+        let Some(value) = effective.get(&name) else {
+            continue;
+        };
+        let raw = value.to_str().unwrap_or("");
+        match httpdate::parse_http_date(raw) {
+            // Only IMF-fixdate is 29 characters long among the three formats.
+            Ok(_) if raw.len() == 29 => {}
+            Ok(t) => fixes.push((
+                name,
+                http::HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok(),
+            )),
+            Err(_) if name == EXPIRES => {
+                fixes.push((name, Some(http::HeaderValue::from_static("0"))))
+            }
+            Err(_) => fixes.push((name, None)),
+        }
+    }
+    let headers = if cc_rewrite || !fixes.is_empty() {
         let mut headers = effective.clone();
-        headers.remove(CACHE_CONTROL);
-        if let Ok(v) = http::HeaderValue::from_str(&rewritten.join(", ")) {
-            headers.insert(CACHE_CONTROL, v);
+        if cc_rewrite {
+            let rewritten: Vec<String> = list
+                .iter()
+                .filter(|(name, arg)| !(arg.is_some() && (name == "private" || name == "no-cache")))
+                .map(|(name, arg)| match (name.as_str(), arg) {
+                    ("proxy-revalidate", _) => "must-revalidate".to_string(),
+                    (_, Some(a)) if a.bytes().all(is_tchar) => format!("{name}={a}"),
+                    (_, Some(a)) => format!("{name}=\"{}\"", a.replace(['"', '\\'], "")),
+                    (_, None) => name.clone(),
+                })
+                .collect();
+            headers.remove(CACHE_CONTROL);
+            if let Ok(v) = http::HeaderValue::from_str(&rewritten.join(", ")) {
+                headers.insert(CACHE_CONTROL, v);
+            }
+        }
+        for (name, value) in fixes {
+            match value {
+                Some(v) => headers.insert(name, v),
+                None => headers.remove(name),
+            };
         }
         std::borrow::Cow::Owned(headers)
     } else {
@@ -436,6 +571,30 @@ pub fn library_response(status: StatusCode, effective: &HeaderMap) -> LibraryVie
         }
     };
     LibraryView { status, headers }
+}
+
+/// The `Age` the crate should see, when it differs from `value`: `Some(None)` to drop an
+/// invalid one. Ages past 2^31 s are capped there (RFC 9111 §1.2.2) rather than dropped.
+fn library_age(value: &http::HeaderValue) -> Option<Option<http::HeaderValue>> {
+    let raw = value.to_str().ok();
+    let first = raw.and_then(|v| v.split(',').next()).map(str::trim);
+    match first {
+        Some(d) if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => {
+            if d.parse::<u64>().is_err() {
+                Some(Some(http::HeaderValue::from_static("2147483648")))
+            } else if Some(d) == raw {
+                None
+            } else {
+                http::HeaderValue::from_str(d).ok().map(Some)
+            }
+        }
+        _ => Some(None),
+    }
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A response as handed to `http-cache-semantics`; borrows unless it had to be rewritten.
@@ -522,8 +681,9 @@ pub fn decide(
     let origin_sie = Duration::from_secs(cc.stale_if_error.unwrap_or(0));
     let (stale, stale_if_error) = if cc.forbids_stale() {
         (Duration::ZERO, Duration::ZERO)
-    } else if fresh.is_zero() {
-        // The route's windows extend freshness the entry had, never create it.
+    } else if fresh.is_zero() || cc.stale_needs_origin_consent() {
+        // The route's windows extend freshness the entry had, never create it; and
+        // `s-maxage` (proxy-revalidate) leaves stale reuse to the origin's own word.
         (origin_swr, origin_sie)
     } else {
         (
@@ -717,7 +877,7 @@ mod tests {
         );
         assert_eq!(
             check(&r, &auth, 200, &[("cache-control", "s-maxage=10")]),
-            store(10, 120, 3600)
+            store(10, 0, 0)
         );
     }
 
@@ -743,7 +903,8 @@ mod tests {
         );
         assert_eq!(
             check(&r, &[], 200, &[("cache-control", "max-age=5, s-maxage=7")]),
-            store(7, 120, 3600)
+            store(7, 0, 0),
+            "s-maxage: no route stale windows (proxy-revalidate)"
         );
         assert_eq!(
             check(
@@ -854,5 +1015,131 @@ mod tests {
         );
         h.append(VARY, "*".parse().unwrap());
         assert_eq!(vary_names(&h), None);
+    }
+
+    #[test]
+    fn s_maxage_leaves_stale_reuse_to_the_origin_s_own_directives() {
+        let r = route();
+        let cc = |v: &'static str| [("cache-control", v)];
+        assert_eq!(check(&r, &[], 200, &cc("s-maxage=5")), store(5, 0, 0));
+        assert_eq!(
+            check(&r, &[], 200, &cc("s-maxage=5, stale-while-revalidate=30")),
+            store(5, 30, 0)
+        );
+        assert_eq!(
+            check(&r, &[], 200, &cc("s-maxage=5, stale-if-error=90")),
+            store(5, 0, 90)
+        );
+        assert_eq!(
+            check(
+                &r,
+                &[],
+                200,
+                &cc("s-maxage=5, must-revalidate, stale-if-error=90")
+            ),
+            store(5, 0, 0)
+        );
+        assert_eq!(check(&r, &[], 200, &cc("max-age=5")), store(5, 120, 3600));
+    }
+
+    #[test]
+    fn directive_names_are_read_in_any_case() {
+        let r = route();
+        let cc = |v: &'static str| [("cache-control", v)];
+        assert_eq!(check(&r, &[], 200, &cc("MAX-AGE=9")), store(9, 120, 3600));
+        assert_eq!(
+            check(&r, &[], 200, &cc("S-MaxAge=7, max-age=3")),
+            store(7, 0, 0)
+        );
+        assert_eq!(
+            check(&r, &[], 200, &cc("No-Store")),
+            Storability::DoNotStore(Detail::NoStore)
+        );
+    }
+
+    #[test]
+    fn the_library_sees_valid_ages_and_dates_only() {
+        let view = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(HeaderName::try_from(*k).unwrap(), v.parse().unwrap());
+            }
+            let lib = library_response(StatusCode::OK, &h);
+            let seen = |n: &str| {
+                http_cache_semantics::ResponseLike::headers(&lib)
+                    .get(n)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            (
+                seen("age"),
+                seen("expires"),
+                seen("date"),
+                seen("cache-control"),
+            )
+        };
+        let age = |a: &str| view(&[("age", a)]).0;
+        assert_eq!(age("10"), Some("10".into()));
+        assert_eq!(age("10, 20"), Some("10".into()));
+        assert_eq!(age("99999999999999999999"), Some("2147483648".into()));
+        for bad in ["10s", "1.5", "-1", "+5", ""] {
+            assert_eq!(age(bad), None, "{bad:?}");
+        }
+        let imf = "Sun, 06 Nov 1994 08:49:37 GMT";
+        for same in [
+            imf,
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(view(&[("expires", same)]).1.as_deref(), Some(imf), "{same}");
+            assert_eq!(view(&[("date", same)]).2.as_deref(), Some(imf), "{same}");
+        }
+        for bad in [
+            "Sun, 06 Nov 1994 08:49:37 +0000",
+            "06 Nov 1994 08:49:37 GMT",
+            "soon",
+        ] {
+            assert_eq!(view(&[("expires", bad)]).1.as_deref(), Some("0"), "{bad}");
+            assert_eq!(view(&[("date", bad)]).2, None, "{bad}");
+        }
+        assert_eq!(
+            view(&[("cache-control", "MAX-AGE=5, Foo=\"A, b\"")])
+                .3
+                .as_deref(),
+            Some("max-age=5, foo=\"A, b\"")
+        );
+    }
+
+    #[test]
+    fn targeted_fields_are_dictionaries() {
+        let read = |v: &str| {
+            let h: http::HeaderValue = v.parse().unwrap();
+            targeted_cache_control([&h])
+        };
+        let some = |v: &str| Some(v.to_string());
+        assert_eq!(read("max-age=60"), some("max-age=60"));
+        assert_eq!(
+            read("max-age=60;x=1, no-store"),
+            some("max-age=60, no-store")
+        );
+        assert_eq!(
+            read("private=(\"a\" b), no-cache=\"c\""),
+            some("private=\"a, b\", no-cache=\"c\"")
+        );
+        assert_eq!(read("x-ext=?0, must-revalidate"), some("must-revalidate"));
+        for bad in [
+            "",
+            "max-age=\"60\"",
+            "max-age=1.5",
+            "max-age=-1",
+            "max-age",
+            "MAX-AGE=5",
+            "no-store=?0",
+            "no-store=1",
+            "private=5",
+            "max-age=60,",
+            "max-age=(1)",
+        ] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
     }
 }

@@ -3,14 +3,14 @@
 //! for the client that led. Background refreshes run the same function.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::response::Response;
 use http::header::{self, HeaderName};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
-use http_cache_semantics::{AfterResponse, CachePolicy};
+use http_cache_semantics::CachePolicy;
 
 use super::canonical::FORWARDED_VARIANT;
 use super::origin::{self, BodyRead};
@@ -20,7 +20,7 @@ use super::{
 };
 use crate::app::AppState;
 use crate::cache::entry::vary_values;
-use crate::cache::policy::{self, Exchange, Storability};
+use crate::cache::policy::{self, Exchange, Lifetimes, Storability};
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
 use crate::config::Route;
 use crate::error::ProxyError;
@@ -68,36 +68,47 @@ pub async fn fetch(
         );
     }
 
-    let (mut parts, mut body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
     origin::strip_hop_by_hop(&mut parts.headers);
     let request_parts = cache_request(inbound);
 
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(old) = &stale {
-            if let Some(renewed) = renew(route, old, &request_parts, &parts, now) {
-                let renewed = Arc::new(renewed);
-                status.stored = state.cache.store_entry(key, renewed.clone()).await;
-                status.ttl = Some(renewed.ttl_secs(now));
-                status.detail = Some(Detail::NotModified);
-                let response = respond_entry(&renewed, inbound, now, &status);
-                return Fetched {
-                    response,
-                    status,
-                    shared: Shared::Entry(renewed, StatusCode::NOT_MODIFIED),
-                };
+            // One origin request per client request: whatever the 304 says is answered
+            // from it and the stored copy, never by asking the origin again.
+            if !selects(old, &parts.headers) {
+                // A 304 for another representation (RFC 9111 §4.3.4): the stored one is
+                // not current and this one's body is not here. Drop the copy so the next
+                // request fetches in full; this one is an origin failure.
+                state.cache.invalidate(key).await;
+                let error = ProxyError::Upstream("304 names another validator".into());
+                let fwd_status = Some(StatusCode::NOT_MODIFIED);
+                return origin_failed(route, inbound, Some(old), now, fwd_status, error, status);
             }
-            // A 304 for another validator cannot be applied (RFC 9111 §4.3.4), and this
-            // client sent no conditional: ask again, unconditionally.
-            match send_for_cache(route, inbound, None).await {
-                Ok(resp) => {
-                    status.fwd_status = Some(resp.status().as_u16());
-                    (parts, body) = resp.into_parts();
-                    origin::strip_hop_by_hop(&mut parts.headers);
+            let (renewed, storability) = renew(route, old, &request_parts, &parts, now);
+            let renewed = Arc::new(renewed);
+            let shared = match storability {
+                Storability::Store(_) => {
+                    status.ttl = Some(renewed.ttl_secs(now));
+                    status.stored = state.cache.store_entry(key, renewed.clone()).await;
+                    status.detail = Some(Detail::NotModified);
+                    Shared::Entry(renewed.clone(), StatusCode::NOT_MODIFIED)
                 }
-                Err(error) => {
-                    return origin_failed(route, inbound, Some(old), now, None, error, status)
+                // The 304 validated the body but its fields forbid keeping it (`no-store`,
+                // `private`, ...): this client gets it, the stored copy goes.
+                Storability::DoNotStore(reason) => {
+                    status.detail = Some(reason);
+                    state.cache.invalidate(key).await;
+                    state.cache.hit_for_miss.insert(key.to_string(), ());
+                    Shared::Uncacheable
                 }
-            }
+            };
+            let response = respond_entry(&renewed, inbound, now, &status);
+            return Fetched {
+                response,
+                status,
+                shared,
+            };
         }
     }
 
@@ -270,22 +281,36 @@ fn variant_names(route: &Route, response: &HeaderMap) -> Vec<HeaderName> {
     names
 }
 
+/// Whether a 304 answering cachegate's conditional request selects `old`, the stored
+/// response whose validators that request carried (RFC 9111 §4.3.4). Only a strong ETag
+/// other than `old`'s says it is about another representation; a 304 without validators,
+/// or with weak ones, is about the one cachegate asked for. Opaque tags are compared
+/// (`W/"x"` stored, `"x"` in the 304 select): servers that weaken ETags when compressing
+/// (nginx's gzip) do not weaken them on a 304.
+fn selects(old: &CacheEntry, not_modified: &HeaderMap) -> bool {
+    let Some(new) = not_modified
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    else {
+        return true;
+    };
+    if new.starts_with("W/") {
+        return true;
+    }
+    old.etag().map(|e| e.trim().trim_start_matches("W/")) == Some(new)
+}
+
 /// Applies a 304 to the stored entry (RFC 9111 §3.2, §4.3.4): the 304's fields replace
-/// or join the stored ones, the body stays. A 304 whose validator does not match the
-/// stored response is not applied.
+/// or join the stored ones, the body stays; the merged response is judged afresh. The
+/// entry answers the client whether or not it may be stored (then with no lifetime).
 fn renew(
     route: &Route,
     old: &CacheEntry,
     request: &Parts,
     not_modified: &http::response::Parts,
     now: SystemTime,
-) -> Option<CacheEntry> {
-    if !matches!(
-        old.policy.after_response(request, not_modified, now),
-        AfterResponse::NotModified(..)
-    ) {
-        return None;
-    }
+) -> (CacheEntry, Storability) {
     let mut headers = old.headers.clone();
     for name in not_modified.headers.keys() {
         // Fields that describe the 304 message itself, not the stored representation.
@@ -301,10 +326,15 @@ fn renew(
         }
     }
     let (policy, storability) = evaluate(route, request, old.status, &headers, now);
-    let Storability::Store(lifetimes) = storability else {
-        return None;
+    let lifetimes = match &storability {
+        Storability::Store(l) => *l,
+        Storability::DoNotStore(_) => Lifetimes {
+            fresh: Duration::ZERO,
+            stale: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        },
     };
-    Some(CacheEntry::new(
+    let entry = CacheEntry::new(
         old.status,
         headers,
         old.body.clone(),
@@ -312,7 +342,8 @@ fn renew(
         now,
         lifetimes,
         old.vary.clone(),
-    ))
+    );
+    (entry, storability)
 }
 
 /// Reads a response as this cache must (targeted fields first) and decides whether and

@@ -99,7 +99,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         )
         .await;
         // Targeted fields are for caches, not for clients (RFC 9213 §2).
-        for field in route.policy.targets.fields() {
+        for field in route.policy.targets.own_fields() {
             resp.headers_mut().remove(field);
         }
         resp.headers_mut().remove("surrogate-control");

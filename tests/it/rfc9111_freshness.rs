@@ -376,3 +376,140 @@ async fn override_origin_uses_the_route_ttl() {
         "downstream Cache-Control intact"
     );
 }
+
+#[tokio::test]
+async fn directive_names_are_case_insensitive() {
+    // Route ttl 1s: a directive that was not read would show as ttl <= 1 or a refetch.
+    for (cc, lifetime) in [("MAX-AGE=120", 120), ("Max-Age=5, S-MAXAGE=300", 300)] {
+        let (_, second, hits) = twice_with(
+            "ttl: 1s, stale: 0s, jitter: 0",
+            Reply::ok("c").header("cache-control", cc),
+        )
+        .await;
+        assert_eq!(hits, 1, "Cache-Control: {cc}");
+        let t = ttl(&second).unwrap();
+        assert!(
+            (lifetime - 5..=lifetime).contains(&t),
+            "Cache-Control: {cc}: ttl={t}"
+        );
+    }
+    for cc in [
+        "NO-STORE, max-age=60",
+        "Private, max-age=60",
+        "max-age=60, No-Cache",
+    ] {
+        let (_, _, hits) = twice_with(
+            "ttl: 60s, stale: 0s, stale_if_error: 0s, jitter: 0",
+            Reply::ok("c").header("cache-control", cc),
+        )
+        .await;
+        assert_eq!(
+            hits, 2,
+            "Cache-Control: {cc} is not reused without the origin"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_age_that_is_not_a_non_negative_integer_is_ignored() {
+    for age in ["10s", "1.5", "-1", "+5", "abc", ""] {
+        let (first, second, hits) = twice_with(
+            "ttl: 1s, stale: 0s, jitter: 0",
+            Reply::ok("a")
+                .header("cache-control", "max-age=100")
+                .header("age", age),
+        )
+        .await;
+        assert_eq!(hits, 1, "Age: {age:?}");
+        let t = ttl(&second).unwrap();
+        assert!((98..=100).contains(&t), "Age: {age:?} is ignored: ttl={t}");
+        for r in [&first, &second] {
+            assert!(
+                matches!(r.header("age"), Some("0" | "1")),
+                "Age: {age:?} downstream is this cache's own: {:?}",
+                r.header("age")
+            );
+        }
+    }
+    // A list: the first member counts (RFC 9111 §5.1).
+    let (_, second, _) = twice_with(
+        "ttl: 1s, stale: 0s, jitter: 0",
+        Reply::ok("a")
+            .header("cache-control", "max-age=100")
+            .header("age", "10, 20"),
+    )
+    .await;
+    let t = ttl(&second).unwrap();
+    assert!((88..=90).contains(&t), "Age: 10, 20 is 10: ttl={t}");
+    assert_eq!(second.header("age"), Some("10"));
+}
+
+/// `http_date(offset)` in RFC 850 and in asctime form (RFC 9110 §5.6.7).
+fn obsolete_dates(offset_secs: i64) -> [String; 2] {
+    let imf = http_date(offset_secs); // "Tue, 01 Jan 2030 00:00:00 GMT"
+    let wday = match &imf[..3] {
+        "Mon" => "Monday",
+        "Tue" => "Tuesday",
+        "Wed" => "Wednesday",
+        "Thu" => "Thursday",
+        "Fri" => "Friday",
+        "Sat" => "Saturday",
+        _ => "Sunday",
+    };
+    let (day, mon, year, time) = (&imf[5..7], &imf[8..11], &imf[12..16], &imf[17..25]);
+    let rfc850 = format!("{wday}, {day}-{mon}-{} {time} GMT", &year[2..]);
+    let asctime = format!(
+        "{} {mon} {:>2} {time} {year}",
+        &imf[..3],
+        day.trim_start_matches('0')
+    );
+    [rfc850, asctime]
+}
+
+#[tokio::test]
+async fn expires_in_each_of_the_three_http_date_formats_gives_the_lifetime() {
+    let [rfc850, asctime] = obsolete_dates(600);
+    for expires in [http_date(600), rfc850, asctime] {
+        let (_, second, hits) = twice_with(
+            "ttl: 1s, stale: 0s, jitter: 0",
+            Reply::ok("e")
+                .header("date", &http_date(0))
+                .header("expires", &expires),
+        )
+        .await;
+        assert_eq!(hits, 1, "Expires: {expires}");
+        let t = ttl(&second).unwrap();
+        assert!((590..=600).contains(&t), "Expires: {expires}: ttl={t}");
+    }
+}
+
+#[tokio::test]
+async fn an_expires_in_another_format_means_already_expired() {
+    let imf = http_date(600);
+    let others = [
+        imf.replacen(' ', "  ", 1),   // extra space after the comma
+        imf.replace(" GMT", "  GMT"), // extra space before the zone
+        imf.replace("GMT", "+0000"),  // RFC 5322 zone
+        imf[5..].to_string(),         // no day name
+        imf.replace("GMT", "UTC"),    // other zone name
+        imf.to_lowercase(),           // names are case-sensitive
+    ];
+    for expires in others {
+        let (_, second, hits) = twice_with(
+            "ttl: 60s, stale: 0s, stale_if_error: 0s, jitter: 0",
+            Reply::ok("x")
+                .header("date", &http_date(0))
+                .header("expires", &expires),
+        )
+        .await;
+        assert_eq!(
+            hits, 2,
+            "Expires: {expires:?} is invalid, so already expired (RFC 9111 §5.3)"
+        );
+        assert!(
+            !second.cache_status().starts_with("cachegate; hit"),
+            "{}",
+            second.cache_status()
+        );
+    }
+}

@@ -425,3 +425,84 @@ async fn two_hundred_requests_for_a_no_cache_entry_make_one_origin_request() {
     assert!(resps.iter().all(|r| r.status == 200));
     assert_eq!(origin.hits("/flood"), 2, "200 clients, one revalidation");
 }
+
+#[tokio::test]
+async fn s_maxage_is_never_served_stale_under_the_route_windows() {
+    // n == 0: the stored response; afterwards /ok/* answers 200 and /err/* fails.
+    let origin = Origin::start(|s| {
+        if s.n == 0 {
+            Reply::ok("v0").header("cache-control", "s-maxage=1")
+        } else if s.path.starts_with("/err") {
+            Reply::ok("down").status(503)
+        } else {
+            Reply::ok("v1").header("cache-control", "s-maxage=60")
+        }
+    })
+    .await;
+    let p = Proxy::simple(
+        &origin.url(),
+        "ttl: 60s, stale: 60s, stale_if_error: 1h, jitter: 0",
+    )
+    .await;
+    for path in ["/ok/s", "/err/s"] {
+        assert_eq!(p.get(path).await.body, "v0");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = p.get("/ok/s").await;
+    assert_eq!(
+        r.body, "v1",
+        "s-maxage carries proxy-revalidate: the route's stale window does not apply"
+    );
+    let r = p.get("/err/s").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "down"),
+        "nor the route's stale_if_error: {}",
+        r.cache_status()
+    );
+    // A client's max-stale does not either (RFC 9111 §5.2.2.8 via §5.2.2.10).
+    let r = p
+        .get_with("/err/s", &[("cache-control", "max-stale")])
+        .await;
+    assert_eq!(r.status, 503, "{}", r.cache_status());
+}
+
+#[tokio::test]
+async fn s_maxage_is_served_stale_only_under_the_origin_s_own_stale_directives() {
+    let origin = Origin::start(|s| {
+        if s.n == 0 {
+            let cc = if s.path == "/swr" {
+                "s-maxage=1, stale-while-revalidate=60"
+            } else {
+                "s-maxage=1, stale-if-error=60"
+            };
+            Reply::ok("v0").header("cache-control", cc)
+        } else {
+            Reply::ok("down").status(503)
+        }
+    })
+    .await;
+    let p = Proxy::simple(
+        &origin.url(),
+        "ttl: 60s, stale: 0s, stale_if_error: 0s, jitter: 0",
+    )
+    .await;
+    for path in ["/swr", "/sie"] {
+        assert_eq!(p.get(path).await.body, "v0");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = p.get("/swr").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "v0"));
+    assert!(
+        r.cache_status().contains("detail=stale-while-revalidate"),
+        "{}",
+        r.cache_status()
+    );
+    let r = p.get("/sie").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "v0"));
+    assert!(
+        r.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        r.cache_status()
+    );
+}

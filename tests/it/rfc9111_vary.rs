@@ -1,7 +1,7 @@
 //! RFC 9111 §4.1: selecting a stored response by `Vary`: several variants per key,
 //! `Vary: *` never matches, normalisation of header values (whitespace, field-name case,
 //! comma-joined repeats), several `Vary` lines combined, the route's `vary:` allow-list
-//! and `Accept-Encoding` normalisation.
+//! and the normalisation of `Accept-Encoding` and `Accept-Language`.
 
 use crate::support::{proxy, Origin, Proxy, Reply};
 
@@ -215,4 +215,46 @@ async fn vary_on_a_header_the_request_lacks_matches_only_requests_that_lack_it()
         "present but empty differs from absent"
     );
     assert_eq!(origin.hits("/lack"), 2);
+}
+
+#[tokio::test]
+async fn accept_language_is_normalised_to_its_ranges_in_order_of_preference() {
+    let origin = Origin::start(|s| {
+        Reply::ok(format!("{} n={}", h(s, "accept-language"), s.n))
+            .header("vary", "Accept-Language")
+    })
+    .await;
+    let p = Proxy::simple(&origin.url(), "ttl: 60s, jitter: 0").await;
+    let first = p
+        .get_with(
+            "/lang",
+            &[("accept-language", "en-US, fr;q=0.5, de;q=0.25")],
+        )
+        .await;
+    // The origin gets the normalised list too: requests that share the variant send it
+    // the same request.
+    assert_eq!(first.body, "en-us,fr;q=0.5,de;q=0.25 n=0");
+    for al in [
+        "EN-us,FR;Q=0.5,de;q=0.25",
+        "en-US;q=1, fr;q=0.50, de;q=0.250",
+        "de;q=0.25, fr;q=0.5, en-US",
+        "en-us ;q=1.000 , fr ; q=0.5,de;q=0.25",
+    ] {
+        let r = p.get_with("/lang", &[("accept-language", al)]).await;
+        assert_eq!(
+            r.body, first.body,
+            "Accept-Language: {al} shares the variant"
+        );
+    }
+    assert_eq!(origin.hits("/lang"), 1);
+    // Equal q: the order may be the client's preference (RFC 9110 §12.5.4).
+    let a = p.get_with("/lang", &[("accept-language", "fr, en")]).await;
+    let b = p.get_with("/lang", &[("accept-language", "en, fr")]).await;
+    assert_eq!(
+        (a.body.as_str(), b.body.as_str()),
+        ("fr,en n=1", "en,fr n=2")
+    );
+    let r = p.get_with("/lang", &[("accept-language", "fr,EN")]).await;
+    assert_eq!(r.body, "fr,en n=1");
+    assert_eq!(origin.hits("/lang"), 3);
 }

@@ -68,6 +68,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     };
     let route = &state.config.routes[matched.route];
     let span = crate::telemetry::request_span(&parts.method, &route.template, &parts.headers);
+    let access = crate::telemetry::access_start(state.config.log.access, &parts, client);
     let inbound = Inbound { parts, client };
     async {
         let (mut resp, status) = dispatch(&state, route, &matched.params, inbound, body).await;
@@ -82,6 +83,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
             resp.status(),
             started.elapsed(),
         );
+        crate::telemetry::access_log(access, &route.template, &status, &resp, started.elapsed());
         resp
     }
     .instrument(span)

@@ -122,6 +122,19 @@ EOF
   fi
 fi
 
+# --- systemd unit ----------------------------------------------------------------
+if command -v systemd-analyze >/dev/null; then
+  # verify wants the executables to exist; the binary is not built yet at this point.
+  sed 's|/usr/local/bin/cachegate |/bin/true |' deploy/cachegate.service >"$out/cachegate.service"
+  # It reports unknown or malformed settings but still exits 0: any output is a finding.
+  if ! systemd-analyze verify "$out/cachegate.service" >"$out/unit.log" 2>&1 || [ -s "$out/unit.log" ]; then
+    cat "$out/unit.log"
+    fail "systemd-analyze verify deploy/cachegate.service"
+  fi
+else
+  skip "systemd unit check: systemd-analyze is not installed"
+fi
+
 # --- Dockerfile ------------------------------------------------------------------
 if [ "$have_hadolint" = 1 ]; then
   labels=()

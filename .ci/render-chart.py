@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Renders helm/cachegate the way `helm template` does, through helm-python-sdk (Helm's
-Go SDK, no helm binary), after checking the values against values.schema.json.
+Go SDK, no helm binary), after `helm lint --strict` and a check of the values against
+values.schema.json.
 
 usage: render-chart.py CHART OUT.yaml [VALUES.yaml ...]
 """
@@ -16,6 +17,13 @@ def main() -> int:
     for path in values_files:
         with open(path) as f:
             values = merge(values, yaml.safe_load(f) or {})
+    lint = helm.lint(chart_dir, values, strict=True, namespace="cachegate")
+    # Severity 1 is informational (e.g. "icon is recommended"); 2 and up are findings.
+    findings = [m for m in lint["messages"] if m["severity"] >= 2]
+    for m in findings:
+        print(f"helm lint {values_files}: {m['path']}: {m['error'].strip()}", file=sys.stderr)
+    if findings or lint["errors"]:
+        return 1
     with helm.Chart.load(chart_dir) as chart:
         try:
             chart.validate_schema(values)

@@ -1,7 +1,6 @@
 //! The upstream side: one pooled HTTP client per upstream, request and response header
 //! hygiene, and bounded body reads.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -14,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::canonical::Forwarding;
 use crate::config::Upstream;
 use crate::error::ProxyError;
 
@@ -73,16 +73,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Builds the upstream request: the upstream's address and base path, the request's
-/// path and query, end-to-end headers only, and the forwarding headers.
+/// (canonical) path and query, end-to-end headers only, and cachegate's own forwarding
+/// headers (any a client sent were removed by `canonical`).
 pub fn outbound(
     upstream: &Upstream,
     method: Method,
-    uri: &Uri,
+    path_and_query: &str,
     headers: HeaderMap,
-    client: Option<SocketAddr>,
+    fwd: &Forwarding,
     body: Body,
 ) -> Request<Body> {
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let target = format!("{}{}", upstream.base_path, path_and_query);
     let uri = Uri::builder()
         .scheme(upstream.scheme.clone())
@@ -93,23 +93,29 @@ pub fn outbound(
 
     let mut out = headers;
     strip_hop_by_hop(&mut out);
-    let original_host = out.remove(header::HOST);
-    if let Some(addr) = client {
-        let ip = addr.ip().to_string();
-        let forwarded = match out.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
-            out.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
+    out.remove(header::HOST);
+    if let Some(v) = fwd
+        .for_chain
+        .as_deref()
+        .and_then(|f| HeaderValue::try_from(f).ok())
+    {
+        out.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     out.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(fwd.proto),
     );
-    if let Some(host) = original_host {
-        out.insert(HeaderName::from_static("x-forwarded-host"), host);
+    match fwd
+        .host
+        .as_deref()
+        .and_then(|h| HeaderValue::try_from(h).ok())
+    {
+        Some(host) => {
+            out.insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        None => {
+            out.remove("x-forwarded-host");
+        }
     }
     append_via(&mut out);
     crate::telemetry::inject_trace_context(&mut out);

@@ -9,6 +9,7 @@ mod fleet;
 mod fleet_purge;
 mod forwarding;
 mod keys;
+mod poisoning;
 mod purge;
 mod redis_store;
 mod redis_tls;

@@ -33,7 +33,13 @@ pub fn init() -> Telemetry {
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("CACHEGATE_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let plain = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Colour codes only for a person at a terminal; in files and collectors they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let plain = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+    });
     let json = json.then(|| {
         tracing_subscriber::fmt::layer()
             .json()
@@ -188,4 +194,114 @@ pub fn record_store_usage(tier: &'static str, bytes: u64, entries: u64) {
 /// single_flight).
 pub fn record_table_entries(table: &'static str, entries: u64) {
     metrics::gauge!("cachegate_table_entries", "table" => table).set(entries as f64);
+}
+
+// === access log ===
+
+/// What the access line needs from the request, taken before the request moves on.
+/// `None` when the access log is off, so that costs nothing per request.
+pub struct AccessLog {
+    method: http::Method,
+    /// A `Uri` clone shares its bytes: no copy of the path per request.
+    uri: http::Uri,
+    client: Option<std::net::SocketAddr>,
+    /// The client's `traceparent` trace id, for when no OpenTelemetry span carries one.
+    client_trace: Option<http::HeaderValue>,
+}
+
+/// Starts the access line of a request (`log.access`, on by default).
+pub fn access_start(
+    enabled: bool,
+    parts: &http::request::Parts,
+    client: Option<std::net::SocketAddr>,
+) -> Option<AccessLog> {
+    enabled.then(|| AccessLog {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        client,
+        client_trace: parts.headers.get("traceparent").cloned(),
+    })
+}
+
+/// Writes one `info` line per request (target `cachegate::access`), in the log format
+/// of the process. The path is logged without its query, which may carry credentials.
+pub fn access_log(
+    access: Option<AccessLog>,
+    route: &str,
+    status: &CacheStatus,
+    resp: &axum::response::Response,
+    elapsed: Duration,
+) {
+    let Some(a) = access else { return };
+    let trace_id = current_trace_id().or_else(|| {
+        a.client_trace
+            .as_ref()
+            .and_then(|v| traceparent_trace_id(v.to_str().ok()?))
+            .map(str::to_owned)
+    });
+    tracing::info!(
+        target: "cachegate::access",
+        method = %a.method,
+        route,
+        path = a.uri.path(),
+        status = resp.status().as_u16(),
+        cache = status.outcome(),
+        bytes = response_bytes(resp),
+        duration_ms = elapsed.as_micros() as f64 / 1000.0,
+        client = a.client.map(tracing::field::display),
+        trace_id,
+        "access"
+    );
+}
+
+/// The body length when it is known up front (stored entries, sized origin bodies);
+/// `None` for a streamed pass-through body of unknown length.
+fn response_bytes(resp: &axum::response::Response) -> Option<u64> {
+    use http_body::Body as _;
+    resp.body().size_hint().exact().or_else(|| {
+        resp.headers()
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    })
+}
+
+/// The trace id of the current OpenTelemetry span, when traces are exported.
+fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn traceparent_trace_id(v: &str) -> Option<&str> {
+    let mut parts = v.split('-');
+    let _version = parts.next()?;
+    let id = parts.next()?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32))
+        .then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traceparent_trace_id;
+
+    #[test]
+    fn traceparent_gives_its_trace_id_or_nothing() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        for (input, want) in [
+            (format!("00-{id}-00f067aa0ba902b7-01"), Some(id)),
+            ("00-short-00f067aa0ba902b7-01".into(), None),
+            (format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)), None),
+            (format!("00-{}-00f067aa0ba902b7-01", "g".repeat(32)), None),
+            (String::new(), None),
+        ] {
+            assert_eq!(traceparent_trace_id(&input), want, "{input:?}");
+        }
+    }
 }

@@ -26,6 +26,7 @@ use crate::proxy::key::{KeySpec, NamePattern, QuerySpec};
 pub struct Config {
     pub listen: SocketAddr,
     pub admin: AdminConfig,
+    pub log: LogConfig,
     pub upstreams: Vec<Upstream>,
     /// Shared, so a detached fetch or refresh can hold its route without copying it.
     pub routes: Vec<Arc<Route>>,
@@ -46,6 +47,12 @@ pub struct AdminConfig {
     /// `None` disables the admin listener.
     pub listen: Option<SocketAddr>,
     pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// The access log: one line per request at `info`.
+    pub access: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +271,9 @@ impl Validator {
             None => self.addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:8080"))?,
         };
 
+        let log = LogConfig {
+            access: raw.log.access.unwrap_or(true),
+        };
         let admin_raw = raw.admin.unwrap_or_default();
         let admin = AdminConfig {
             listen: match &overrides.admin_listen {
@@ -458,6 +468,7 @@ impl Validator {
         Ok(Config {
             listen,
             admin,
+            log,
             upstreams,
             routes,
             store,

@@ -11,6 +11,8 @@ pub struct RawConfig {
     pub listen: Option<String>,
     #[serde(default)]
     pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub log: RawLog,
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub defaults: RawDefaults,
@@ -32,6 +34,13 @@ pub struct RawConfig {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// One line per request at `info`; on unless set to `false`.
+    pub access: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -85,6 +85,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     };
     let route = &rt.config.routes[matched.route];
     let span = crate::telemetry::request_span(&parts.method, &route.template, &parts.headers);
+    let access = crate::telemetry::access_start(rt.config.log.access, &parts, peer.addr);
     async {
         let (mut resp, status) = dispatch(
             &state,
@@ -109,6 +110,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
             resp.status(),
             started.elapsed(),
         );
+        crate::telemetry::access_log(access, &route.template, &status, &resp, started.elapsed());
         resp
     }
     .instrument(span)

@@ -65,17 +65,71 @@ Name of the Secret holding the admin token.
 {{- end }}
 
 {{/*
+The listen addresses, from the one place each port is set (service.containerPort,
+admin.port). The image sets CACHEGATE_LISTEN and CACHEGATE_ADMIN_LISTEN, and the
+environment beats the file, so the Deployment sets both to these values too.
+*/}}
+{{- define "cachegate.listen" -}}
+{{- printf "0.0.0.0:%v" .Values.service.containerPort }}
+{{- end }}
+
+{{- define "cachegate.adminListen" -}}
+{{- printf "0.0.0.0:%v" .Values.admin.port }}
+{{- end }}
+
+{{/*
+Fails on values that older chart versions read, naming where they went.
+*/}}
+{{- define "cachegate.checkRemovedValues" -}}
+{{- if hasKey .Values "containerPorts" }}
+{{- fail "containerPorts was removed: set service.containerPort (proxy) and admin.port (admin) instead" }}
+{{- end }}
+{{- if hasKey .Values.service "adminPort" }}
+{{- fail "service.adminPort was removed: admin.port sets the admin port in the pod and on the Service" }}
+{{- end }}
+{{- end }}
+
+{{/*
 routes.yaml as mounted in the pod: the user's config with the listen addresses
-forced to the container ports.
+forced to the container ports and, for Redis Sentinel or Cluster, the store target
+taken from redis.*.
 */}}
 {{- define "cachegate.config" -}}
+{{- include "cachegate.checkRemovedValues" . }}
 {{- $config := deepCopy (.Values.config | default dict) }}
 {{- $admin := get $config "admin" | default dict }}
 {{- if hasKey $admin "token" }}
 {{- fail "config.admin.token would be stored in a ConfigMap: use adminToken.value or adminToken.existingSecret instead" }}
 {{- end }}
-{{- $_ := set $config "listen" (printf "0.0.0.0:%v" .Values.containerPorts.http) }}
-{{- $_ = set $admin "listen" (printf "0.0.0.0:%v" .Values.containerPorts.admin) }}
+{{- $_ := set $config "listen" (include "cachegate.listen" .) }}
+{{- $_ = set $admin "listen" (include "cachegate.adminListen" .) }}
 {{- $_ = set $config "admin" $admin }}
+{{- /* mode single: CACHEGATE_REDIS_URL selects Redis (the URL may sit in a Secret). */}}
+{{- if and .Values.redis.enabled (ne .Values.redis.mode "single") }}
+{{- $store := get $config "store" | default dict }}
+{{- $redis := get $store "redis" | default dict }}
+{{- $redis = omit $redis "url" "cluster" "sentinel" }}
+{{- $_ = set $store "backend" "redis" }}
+{{- if eq .Values.redis.mode "sentinel" }}
+{{- if not .Values.redis.sentinel.nodes }}
+{{- fail "redis.mode sentinel needs redis.sentinel.nodes (and redis.sentinel.master)" }}
+{{- end }}
+{{- $_ = set $redis "sentinel" (dict "master" (required "redis.sentinel.master is required" .Values.redis.sentinel.master) "nodes" .Values.redis.sentinel.nodes) }}
+{{- else if eq .Values.redis.mode "cluster" }}
+{{- if not .Values.redis.cluster.nodes }}
+{{- fail "redis.mode cluster needs redis.cluster.nodes (a few seed nodes)" }}
+{{- end }}
+{{- $_ = set $redis "cluster" .Values.redis.cluster.nodes }}
+{{- end }}
+{{- $_ = set $store "redis" $redis }}
+{{- $_ = set $config "store" $store }}
+{{- end }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/*
+PromQL label matchers for this release's series.
+*/}}
+{{- define "cachegate.promSelector" -}}
+{{- .Values.prometheusRule.selector | default (printf "job=%q,namespace=%q" (include "cachegate.fullname" .) .Release.Namespace) }}
 {{- end }}

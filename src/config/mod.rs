@@ -489,7 +489,11 @@ impl Validator {
             request_timeout: self.positive(
                 "limits.request_timeout",
                 raw.limits.request_timeout.as_deref(),
-                upstreams.iter().map(|u| u.timeout).max().unwrap_or_default()
+                upstreams
+                    .iter()
+                    .map(|u| u.timeout)
+                    .max()
+                    .unwrap_or_default()
                     + Duration::from_secs(5),
             )?,
             max_connections: match raw.limits.max_connections {
@@ -583,7 +587,10 @@ impl Validator {
     }
 
     fn listener_tls(&self, t: &raw::RawListenerTls) -> Result<ListenerTls, ConfigError> {
-        let listen = self.addr("tls.listen", t.listen.as_deref().unwrap_or("127.0.0.1:8443"))?;
+        let listen = self.addr(
+            "tls.listen",
+            t.listen.as_deref().unwrap_or("127.0.0.1:8443"),
+        )?;
         let (cert_file, key_file) = (self.path(&t.cert_file), self.path(&t.key_file));
         // Loaded here only to fail `check` and start-up early; the server loads its own.
         crate::tls::server_config(&cert_file, &key_file)
@@ -631,13 +638,19 @@ impl Validator {
             None => None,
             Some(n) => Some(
                 rustls::pki_types::ServerName::try_from(n.clone()).map_err(|_| {
-                    self.err(&f("server_name"), format!("{n:?} is not a DNS name or IP address"))
+                    self.err(
+                        &f("server_name"),
+                        format!("{n:?} is not a DNS name or IP address"),
+                    )
                 })?,
             ),
         };
         // The URL's host must itself be a valid TLS name unless server_name replaces it.
         if server_name.is_none() {
-            let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
             if rustls::pki_types::ServerName::try_from(host).is_err() {
                 return Err(self.err(
                     &format!("upstreams.{name}.url"),

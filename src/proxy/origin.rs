@@ -14,7 +14,9 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
+use hyper_rustls::{
+    FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream,
+};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -97,9 +99,7 @@ fn client(u: &Upstream) -> Client<Dial, Body> {
                 .with_tls_config((*tls.client).clone())
                 .https_only();
             let builder = match tls.server_name.clone() {
-                Some(name) => {
-                    builder.with_server_name_resolver(FixedServerNameResolver::new(name))
-                }
+                Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
                 None => builder,
             };
             Transport::Tls(match u.http2 {

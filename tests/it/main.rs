@@ -5,10 +5,12 @@ mod support;
 
 mod cli;
 mod coalescing;
+mod drain;
 mod fleet;
 mod fleet_purge;
 mod forwarding;
 mod keys;
+mod limits;
 mod purge;
 mod redis_store;
 mod redis_tls;
@@ -24,3 +26,5 @@ mod rfc9213_targeted;
 mod stale;
 mod storability;
 mod telemetry;
+mod tls_listener;
+mod tls_origin;

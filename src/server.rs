@@ -49,9 +49,14 @@ use crate::error::ProxyError;
 /// streams) are not layers: `serve` applies them per connection.
 pub fn router(state: Arc<AppState>) -> Router {
     let limits = state.config.limits.clone();
+    layered(app(state), limits)
+}
+
+/// The stack `router` draws, around any inner router (tests wrap their own).
+fn layered(inner: Router, limits: Limits) -> Router {
     let request_timeout = limits.request_timeout;
     // `Router::layer` wraps what is already there: the last one added is outermost.
-    app(state)
+    inner
         .layer(middleware::from_fn_with_state(limits, enforce_limits))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
@@ -577,5 +582,54 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(request_timeout: Duration) -> Limits {
+        Limits {
+            max_header_bytes: 64 << 10,
+            max_request_body: 1 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout,
+            max_connections: 10,
+            max_h2_streams: 10,
+        }
+    }
+
+    async fn status(router: Router, path: &str) -> StatusCode {
+        let req = http::Request::get(path).body(Body::empty()).unwrap();
+        router.oneshot(req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_and_a_slow_one_a_504() {
+        let inner = Router::new()
+            .route(
+                "/panic",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("handler bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            );
+        let router = layered(inner, limits(Duration::from_millis(50)));
+        assert_eq!(
+            status(router.clone(), "/panic").await,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(status(router, "/slow").await, StatusCode::GATEWAY_TIMEOUT);
     }
 }

@@ -507,7 +507,11 @@ impl Validator {
                 Some(n) => n,
             },
         };
-        let tls = raw.tls.as_ref().map(|t| self.listener_tls(t)).transpose()?;
+        let tls = raw
+            .tls
+            .as_ref()
+            .map(|t| self.listener_tls(t, listen))
+            .transpose()?;
         let shutdown = Shutdown {
             grace: self.duration(
                 "shutdown.grace",
@@ -586,11 +590,21 @@ impl Validator {
         }
     }
 
-    fn listener_tls(&self, t: &raw::RawListenerTls) -> Result<ListenerTls, ConfigError> {
+    fn listener_tls(
+        &self,
+        t: &raw::RawListenerTls,
+        plain: SocketAddr,
+    ) -> Result<ListenerTls, ConfigError> {
         let listen = self.addr(
             "tls.listen",
             t.listen.as_deref().unwrap_or("127.0.0.1:8443"),
         )?;
+        if listen == plain && listen.port() != 0 {
+            return Err(self.err(
+                "tls.listen",
+                format!("{listen} is also `listen`: give the TLS listener its own port"),
+            ));
+        }
         let (cert_file, key_file) = (self.path(&t.cert_file), self.path(&t.key_file));
         // Loaded here only to fail `check` and start-up early; the server loads its own.
         crate::tls::server_config(&cert_file, &key_file)

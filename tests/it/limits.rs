@@ -169,3 +169,67 @@ fn check_shows_the_limits_and_the_drain() {
         assert!(stdout.contains(expected), "{expected:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn edge_config_errors_name_the_field_and_what_was_expected() {
+    let upstream = |fields: &str| {
+        format!("upstreams:\n  api: {{ {fields} }}\nroutes:\n  - path: /a\n    upstream: api\n")
+    };
+    for (yaml, expected) in [
+        (
+            upstream("url: \"ftp://h\""),
+            "upstreams.api.url: \"ftp://h\": expected an http:// or https:// URL",
+        ),
+        (
+            upstream("url: \"https://h\", http2: maybe"),
+            "upstreams.api.http2: \"maybe\" is not a choice (expected true, false or auto)",
+        ),
+        (
+            upstream("url: \"http://h\", tls: { insecure_skip_verify: true }"),
+            "upstreams.api.tls: applies to https:// upstreams only",
+        ),
+        (
+            upstream("url: \"https://h\", tls: { client_cert: c.pem }"),
+            "upstreams.api.tls.client_cert: needs client_key beside it",
+        ),
+        (
+            upstream("url: \"https://h\", tls: { ca_file: missing-ca.pem }"),
+            "upstreams.api.tls.ca_file: cannot read",
+        ),
+        (
+            upstream("url: \"https://h\", host: \"a b\""),
+            "upstreams.api.host: \"a b\" is not a host",
+        ),
+        (
+            format!(
+                "limits: {{ max_connections: 0 }}\n{}",
+                upstream("url: \"http://h\"")
+            ),
+            "limits.max_connections: must be at least 1",
+        ),
+        (
+            format!(
+                "limits: {{ idle_timeout: 0 }}\n{}",
+                upstream("url: \"http://h\"")
+            ),
+            "limits.idle_timeout: must be greater than 0",
+        ),
+        (
+            format!(
+                "shutdown: {{ grace: soon }}\n{}",
+                upstream("url: \"http://h\"")
+            ),
+            "shutdown.grace: \"soon\" is not a duration",
+        ),
+    ] {
+        let err = cachegate::config::Config::parse(
+            &yaml,
+            std::path::Path::new("routes.yaml"),
+            &Default::default(),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("accepted: {yaml}"))
+        .to_string();
+        assert!(err.contains(expected), "{expected:?} in {err:?}");
+    }
+}

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::proxy::origin::Origins;
 use crate::proxy::route::RouteTable;
-use crate::proxy::{self, key, Shared};
+use crate::proxy::{self, canonical, key, Shared};
 
 /// Who fetches a key, fleet-wide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,14 +163,19 @@ impl AppState {
         None
     }
 
-    /// The cache key a path (with query) maps to, if its route caches.
+    /// The cache key a path (with query) maps to, if its route caches: the key a GET
+    /// for it would have (the same canonical path and query).
     pub fn key_for(&self, path_and_query: &str) -> Option<String> {
         let uri = path_and_query.parse::<http::Uri>().ok()?;
-        let m = self.routes.find(uri.path())?;
+        let path = canonical::path(uri.path()).ok()?;
+        let m = self.routes.find(&path)?;
         let route = &self.config.routes[m.route];
-        route
-            .cache
-            .then(|| key::cache_key(&route.template, &m.params, uri.query(), &route.key))
+        if !route.cache {
+            return None;
+        }
+        let query =
+            canonical::query(uri.query(), &route.key.query, &route.key.query_ignore).ok()?;
+        Some(key::cache_key(&route.template, &m.params, query.as_deref()))
     }
 
     /// Applies a purge to the store; the count of keys it reached.
@@ -215,18 +220,9 @@ impl AppState {
                 return;
             }
         }
-        let Some(m) = self.routes.find(uri.path()) else {
-            return;
-        };
-        let route = &self.config.routes[m.route];
-        if route.cache {
-            self.invalidate(&key::cache_key(
-                &route.template,
-                &m.params,
-                uri.query(),
-                &route.key,
-            ))
-            .await;
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Some(key) = self.key_for(target) {
+            self.invalidate(&key).await;
         }
     }
 }

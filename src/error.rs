@@ -8,6 +8,8 @@ use http::{header, StatusCode};
 pub enum ProxyError {
     #[error("no route matches this path")]
     NoRoute,
+    #[error("this proxy does not serve that host")]
+    MisdirectedRequest,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("request body too large")]
@@ -39,6 +41,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
@@ -63,6 +66,7 @@ impl ProxyError {
     fn public_reason(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no route matches this path",
+            ProxyError::MisdirectedRequest => "this proxy does not serve that host",
             ProxyError::BadRequest(r) => r,
             ProxyError::PayloadTooLarge => "request body too large",
             ProxyError::NotCached => "not cached (only-if-cached)",

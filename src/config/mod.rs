@@ -18,7 +18,8 @@ use locate::Locations;
 use raw::RawConfig;
 
 use crate::cache::policy::{ClientNoCache, RoutePolicy, Targets};
-use crate::proxy::key::KeySpec;
+use crate::proxy::canonical::{self, EdgePolicy};
+use crate::proxy::key::{KeySpec, NamePattern, QuerySpec};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct Config {
     pub routes: Vec<Arc<Route>>,
     pub store: StoreConfig,
     pub limits: Limits,
+    /// Which hosts are served and which peers may speak for clients.
+    pub edge: EdgePolicy,
     /// How long a key whose response was not storable skips coalescing.
     pub hit_for_miss: Duration,
     /// Budget of one background refresh, independent of any client.
@@ -128,6 +131,8 @@ pub struct Route {
     pub key: KeySpec,
     /// Whether `Cache-Status` may show the cache key.
     pub show_key: bool,
+    /// Request headers never forwarded on this route (`strip_headers`).
+    pub strip_headers: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone)]
@@ -318,6 +323,7 @@ impl Validator {
     }
 
     fn config(&mut self, raw: RawConfig, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let edge = self.edge(&raw)?;
         let listen = match &overrides.listen {
             Some(l) => l.parse().map_err(|_| ConfigError {
                 file: self.file.clone(),
@@ -441,23 +447,53 @@ impl Validator {
                     .map(|v| v.iter().map(|n| n.to_ascii_lowercase()).collect()),
                 targets: defaults.targets.clone(),
             };
-            let mut headers = Vec::new();
-            for (j, h) in r.key.headers.iter().enumerate() {
-                let name = HeaderName::try_from(h.as_str()).map_err(|_| {
-                    self.err(
-                        &f(&format!("key.headers[{j}]")),
-                        format!("{h:?} is not a header name"),
-                    )
-                })?;
-                headers.push(name);
+            let headers = self.header_names(&f("key.headers"), &r.key.headers)?;
+            let strip_headers = self.header_names(
+                &f("strip_headers"),
+                r.strip_headers.as_deref().unwrap_or(&[]),
+            )?;
+            let query = match &r.key.query {
+                None => QuerySpec::All,
+                Some(names) => {
+                    let mut canon = Vec::new();
+                    for (j, n) in names.iter().enumerate() {
+                        canon.push(canonical::query_name(n).map_err(|_| {
+                            self.err(
+                                &f(&format!("key.query[{j}]")),
+                                format!("{n:?} is not a query parameter name"),
+                            )
+                        })?);
+                    }
+                    QuerySpec::Only(canon)
+                }
+            };
+            let mut query_ignore = Vec::new();
+            for (j, n) in r.key.query_ignore.iter().enumerate() {
+                let bare = n.strip_suffix('*').unwrap_or(n);
+                let canon = canonical::query_name(bare)
+                    .ok()
+                    .filter(|c| !c.is_empty() && !c.contains('*'))
+                    .ok_or_else(|| {
+                        self.err(
+                            &f(&format!("key.query_ignore[{j}]")),
+                            format!("{n:?} is not a name or a prefix* pattern"),
+                        )
+                    })?;
+                let pattern = if n.ends_with('*') {
+                    format!("{canon}*")
+                } else {
+                    canon
+                };
+                query_ignore.push(NamePattern::new(&pattern));
             }
             routes.push(Arc::new(Route {
                 template: Arc::from(r.path.as_str()),
                 upstream,
                 cache: r.cache.unwrap_or(true),
                 policy,
-                key: KeySpec::new(r.key.query.clone(), headers),
+                key: KeySpec::new(query, query_ignore, headers),
                 show_key: r.show_key.unwrap_or(false),
+                strip_headers,
             }));
         }
         if routes.is_empty() {
@@ -551,6 +587,7 @@ impl Validator {
             routes,
             store,
             limits,
+            edge,
             hit_for_miss: self.duration(
                 "defaults.hit_for_miss",
                 d.hit_for_miss.as_deref(),
@@ -677,6 +714,57 @@ impl Validator {
             server_name,
             insecure,
             client_auth: identity.is_some(),
+        })
+    }
+
+    fn header_names(&self, field: &str, names: &[String]) -> Result<Vec<HeaderName>, ConfigError> {
+        let mut out = Vec::new();
+        for (j, h) in names.iter().enumerate() {
+            out.push(HeaderName::try_from(h.as_str()).map_err(|_| {
+                self.err(
+                    &format!("{field}[{j}]"),
+                    format!("{h:?} is not a header name"),
+                )
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn edge(&self, raw: &RawConfig) -> Result<EdgePolicy, ConfigError> {
+        let mut hosts = Vec::new();
+        for (i, h) in raw.hosts.iter().flatten().enumerate() {
+            let field = format!("hosts[{i}]");
+            let (wild, name) = match h.strip_prefix("*.") {
+                Some(rest) => (true, rest),
+                None => (false, h.as_str()),
+            };
+            let normal = canonical::normalize_host(name, "http")
+                .ok()
+                .filter(|n| !n.contains(':') || n.starts_with('['))
+                .ok_or_else(|| {
+                    self.err(
+                        &field,
+                        format!("{h:?} is not a host name (expected e.g. api.example.com or *.example.com, no port)"),
+                    )
+                })?;
+            hosts.push(if wild { format!("*.{normal}") } else { normal });
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, c) in raw.trusted_proxies.iter().flatten().enumerate() {
+            let net = c
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    self.err(
+                        &format!("trusted_proxies[{i}]"),
+                        format!("{c:?} is not a CIDR (expected e.g. 10.0.0.0/8 or 127.0.0.1)"),
+                    )
+                })?;
+            trusted_proxies.push(net);
+        }
+        Ok(EdgePolicy {
+            hosts,
+            trusted_proxies,
         })
     }
 

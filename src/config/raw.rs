@@ -20,6 +20,10 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// Names this cache answers to in targeted cache-control fields (RFC 9213).
     pub targets: Option<Vec<String>>,
+    /// Hosts this proxy answers for (`api.example.com`, `*.example.com`); others get 421.
+    pub hosts: Option<Vec<String>>,
+    /// Peers (CIDRs) whose `X-Forwarded-*` headers are believed and extended.
+    pub trusted_proxies: Option<Vec<String>>,
     pub routes: Vec<RawRoute>,
     /// An HTTPS listener beside the plain `listen`.
     pub tls: Option<RawListenerTls>,
@@ -165,13 +169,18 @@ pub struct RawRoute {
     pub vary: Option<Vec<String>>,
     #[serde(default)]
     pub key: RawKey,
+    /// Request headers never forwarded on this route.
+    pub strip_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
+    /// Absent: every query parameter is keyed (and forwarded).
+    pub query: Option<Vec<String>>,
+    /// Names or `prefix*` patterns removed from the key and the forwarded URL.
     #[serde(default)]
-    pub query: Vec<String>,
+    pub query_ignore: Vec<String>,
     #[serde(default)]
     pub headers: Vec<String>,
 }

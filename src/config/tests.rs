@@ -37,7 +37,10 @@ fn a_good_config_validates() {
     assert_eq!(c.routes[0].policy.ttl, Duration::from_secs(30));
     assert_eq!(c.routes[0].policy.stale, Duration::from_secs(120));
     assert_eq!(c.routes[0].policy.stale_if_error, Duration::from_secs(3600));
-    assert_eq!(c.routes[0].key.query, vec!["fields".to_string()]);
+    assert_eq!(
+        c.routes[0].key.query,
+        crate::proxy::key::QuerySpec::Only(vec!["fields".to_string()])
+    );
     assert!(!c.routes[1].cache);
     assert!(matches!(c.store.backend, Backend::Memory { .. }));
 }
@@ -65,7 +68,7 @@ fn errors_name_line_column_and_field() {
         &GOOD.replace("    stale: 2m", "    stael: 2m"),
         "routes.yaml:9:5: routes[0].stael: unknown field `stael`, expected one of `path`, `upstream`, `cache`, `ttl`, \
          `stale`, `stale_if_error`, `override_origin`, `cache_set_cookie`, `show_key`, `max_body`, \
-         `client_no_cache`, `vary`, `key`",
+         `client_no_cache`, `vary`, `key`, `strip_headers`",
     );
     check_err(
         &GOOD.replace("jitter: 0.1", "jitter: 2"),

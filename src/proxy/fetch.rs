@@ -12,6 +12,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use http_cache_semantics::{AfterResponse, CachePolicy};
 
+use super::canonical::FORWARDED_VARIANT;
 use super::origin::{self, BodyRead};
 use super::{
     error_response, respond, respond_entry, serve_stale_on_error, usable_on_error, with_key,
@@ -69,7 +70,7 @@ pub async fn fetch(
 
     let (mut parts, mut body) = resp.into_parts();
     origin::strip_hop_by_hop(&mut parts.headers);
-    let request_parts = cache_request(&inbound.parts);
+    let request_parts = cache_request(inbound);
 
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(old) = &stale {
@@ -161,7 +162,7 @@ pub async fn fetch(
         policy,
         now,
         lifetimes,
-        vary_values(&inbound.parts.headers, &vary),
+        vary_values(&inbound.upstream.headers, &vary),
     ));
     status.stored = state.store_entry(key, entry.clone()).await;
     if !status.stored {
@@ -230,17 +231,9 @@ async fn send_for_cache(
     inbound: &Inbound,
     stale: Option<&CacheEntry>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ProxyError> {
-    let mut headers = inbound.parts.headers.clone();
-    for name in [
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_MATCH,
-        header::IF_UNMODIFIED_SINCE,
-        header::IF_RANGE,
-        header::RANGE,
-    ] {
-        headers.remove(name);
-    }
+    // The canonical request carries no client conditionals or ranges: the cache asks
+    // for the whole representation, with its own validators.
+    let mut headers = inbound.upstream.headers.clone();
     if let Some(entry) = stale {
         if let Some(etag) = entry.headers.get(header::ETAG) {
             headers.insert(header::IF_NONE_MATCH, etag.clone());
@@ -253,18 +246,21 @@ async fn send_for_cache(
     let req = origin::outbound(
         upstream,
         Method::GET,
-        &inbound.parts.uri,
+        &inbound.upstream.path_and_query,
         headers,
-        inbound.client,
+        &inbound.fwd,
         Body::empty(),
     );
     crate::telemetry::record_origin_request(&route.template, "fetch");
     state.origins.send(route.upstream, req).await
 }
 
-/// The route's key headers plus the response's `Vary` (already checked not to be `*`).
+/// What selects a variant: the forwarding values cachegate sends (host, scheme), the
+/// route's key headers and the response's `Vary` (already checked not to be `*`), all
+/// read from the canonical request.
 fn variant_names(route: &Route, response: &HeaderMap) -> Vec<HeaderName> {
-    let mut names = route.key.headers.clone();
+    let mut names = FORWARDED_VARIANT.to_vec();
+    names.extend(route.key.headers.iter().cloned());
     for n in policy::vary_names(response).unwrap_or_default() {
         if let Ok(n) = HeaderName::try_from(n) {
             if !names.contains(&n) {
@@ -342,11 +338,23 @@ fn evaluate(
     (policy, storability)
 }
 
-/// The request as the cache sees it: a GET for the same URL and headers.
-pub fn cache_request(parts: &Parts) -> Parts {
+/// The request as the cache sees it: a GET of the canonical request, with the client's
+/// own cache directives (a `no-store` request keeps the response out of the cache; they
+/// are never forwarded).
+pub fn cache_request(inbound: &Inbound) -> Parts {
     let mut req = http::Request::new(());
     *req.method_mut() = Method::GET;
-    *req.uri_mut() = parts.uri.clone();
-    *req.headers_mut() = parts.headers.clone();
+    *req.uri_mut() = inbound
+        .upstream
+        .path_and_query
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    let mut headers = inbound.upstream.headers.clone();
+    for name in [header::CACHE_CONTROL, header::PRAGMA] {
+        for v in inbound.parts.headers.get_all(&name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    *req.headers_mut() = headers;
     req.into_parts().0
 }

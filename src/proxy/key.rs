@@ -2,27 +2,80 @@
 //! route selects. Selected request headers and the response's `Vary` pick a variant
 //! within the key (see `cache::entry`), so one purge or invalidation reaches them all.
 
-use std::borrow::Cow;
-
 use http::HeaderName;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
+/// Which query parameters a route keys (and forwards on the cache path).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum QuerySpec {
+    /// Every parameter (the default): nothing the origin sees is left out of the key.
+    #[default]
+    All,
+    /// Only these names, sorted; the others are neither keyed nor forwarded.
+    Only(Vec<String>),
+}
+
+/// A query parameter name, or a `prefix*` pattern (`utm_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern {
+    name: String,
+    prefix: bool,
+}
+
+impl NamePattern {
+    pub fn new(pattern: &str) -> Self {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => NamePattern {
+                name: prefix.to_string(),
+                prefix: true,
+            },
+            None => NamePattern {
+                name: pattern.to_string(),
+                prefix: false,
+            },
+        }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        if self.prefix {
+            name.starts_with(&self.name)
+        } else {
+            name == self.name
+        }
+    }
+}
 
 /// What a route puts in its keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeySpec {
-    /// Query parameter names, sorted; others are ignored.
-    pub query: Vec<String>,
+    pub query: QuerySpec,
+    /// Removed from the key and from the forwarded URL (`key.query_ignore`).
+    pub query_ignore: Vec<NamePattern>,
     /// Request headers that select a variant, sorted.
     pub headers: Vec<HeaderName>,
 }
 
 impl KeySpec {
-    pub fn new(mut query: Vec<String>, mut headers: Vec<HeaderName>) -> Self {
-        query.sort();
-        query.dedup();
+    pub fn new(
+        query: QuerySpec,
+        query_ignore: Vec<NamePattern>,
+        mut headers: Vec<HeaderName>,
+    ) -> Self {
+        let query = match query {
+            QuerySpec::All => QuerySpec::All,
+            QuerySpec::Only(mut names) => {
+                names.sort();
+                names.dedup();
+                QuerySpec::Only(names)
+            }
+        };
         headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         headers.dedup();
-        KeySpec { query, headers }
+        KeySpec {
+            query,
+            query_ignore,
+            headers,
+        }
     }
 }
 
@@ -35,52 +88,24 @@ const COMPONENT: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'?');
 
-/// The key of a request: `GET /users/{id}|id=42|fields=name`.
-pub fn cache_key(
-    template: &str,
-    params: &[(String, String)],
-    query: Option<&str>,
-    spec: &KeySpec,
-) -> String {
-    let mut key = String::with_capacity(template.len() + 32);
+/// The key of a canonical request: `/users/{id}|id=42|fields=name`. `params` are the
+/// canonical (still percent-encoded) path parameters and `query` the canonical query
+/// (see `canonical`), so a key names exactly one upstream request line.
+pub fn cache_key(template: &str, params: &[(String, String)], query: Option<&str>) -> String {
+    let query = query.unwrap_or("");
+    let mut key = String::with_capacity(template.len() + 32 + query.len());
     key.push_str(template);
     key.push('|');
     for (i, (name, value)) in params.iter().enumerate() {
         if i > 0 {
             key.push('&');
         }
-        // In a path `+` is itself, unlike in a query.
-        push_pair(
-            &mut key,
-            name,
-            &percent_decode_str(value).decode_utf8_lossy(),
-        );
+        push_pair(&mut key, name, value);
     }
     key.push('|');
-    if !spec.query.is_empty() {
-        // Names are compared before values are decoded: unselected pairs (tracking
-        // parameters and the like) cost no allocation.
-        let mut selected: Vec<(Cow<'_, str>, Cow<'_, str>)> = query
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| {
-                let (n, v) = p.split_once('=').unwrap_or((p, ""));
-                let name = decode(n);
-                spec.query
-                    .binary_search_by(|q| q.as_str().cmp(&name))
-                    .is_ok()
-                    .then(|| (name, decode(v)))
-            })
-            .collect();
-        selected.sort();
-        for (i, (name, value)) in selected.iter().enumerate() {
-            if i > 0 {
-                key.push('&');
-            }
-            push_pair(&mut key, name, value);
-        }
-    }
+    // The canonical query holds no `|` (it is escaped), so the last component needs no
+    // escaping of its own.
+    key.push_str(query);
     key
 }
 
@@ -120,23 +145,9 @@ fn push_pair(key: &mut String, name: &str, value: &str) {
     key.extend(utf8_percent_encode(value, COMPONENT));
 }
 
-/// Decodes `%XX` and `+` so equivalent spellings share a key; borrows when there is
-/// nothing to decode.
-fn decode(s: &str) -> Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return Cow::Borrowed(s);
-    }
-    let s = s.replace('+', " ");
-    Cow::Owned(percent_decode_str(&s).decode_utf8_lossy().into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(q: &[&str]) -> KeySpec {
-        KeySpec::new(q.iter().map(|s| s.to_string()).collect(), vec![])
-    }
 
     fn params(p: &[(&str, &str)]) -> Vec<(String, String)> {
         p.iter()
@@ -145,41 +156,44 @@ mod tests {
     }
 
     #[test]
-    fn keys_select_sorted_query_and_ignore_the_rest() {
-        let s = spec(&["fields", "b"]);
+    fn keys_hold_params_and_the_canonical_query() {
         let p = params(&[("id", "42")]);
-        let check = |q: Option<&str>, want: &str| {
-            assert_eq!(cache_key("/users/{id}", &p, q, &s), want, "{q:?}")
-        };
-        check(None, "/users/{id}|id=42|");
-        check(Some("fields=name&utm=x"), "/users/{id}|id=42|fields=name");
-        check(Some("utm=y&fields=name"), "/users/{id}|id=42|fields=name");
-        check(Some("fields=a%2Cb"), "/users/{id}|id=42|fields=a,b");
-        check(Some("fields=a,b&b=2"), "/users/{id}|id=42|b=2&fields=a,b");
-        check(Some("b=2&fields=a,b"), "/users/{id}|id=42|b=2&fields=a,b");
+        assert_eq!(cache_key("/users/{id}", &p, None), "/users/{id}|id=42|");
+        assert_eq!(
+            cache_key("/users/{id}", &p, Some("b=2&fields=a,b")),
+            "/users/{id}|id=42|b=2&fields=a,b"
+        );
     }
 
     #[test]
     fn paths_are_recovered_from_keys() {
-        let s = spec(&["a"]);
         let k = cache_key(
             "/users/{id}/posts/{*rest}",
             &params(&[("id", "4|2"), ("rest", "a/b%20c+d")]),
             Some("a=1"),
-            &s,
         );
         assert_eq!(template_of(&k), "/users/{id}/posts/{*rest}");
-        assert_eq!(path_of(&k).as_deref(), Some("/users/4|2/posts/a/b c+d"));
+        assert_eq!(path_of(&k).as_deref(), Some("/users/4|2/posts/a/b%20c+d"));
     }
 
     #[test]
     fn separators_in_values_cannot_forge_another_key() {
-        let s = spec(&["a"]);
-        let k1 = cache_key("/x/{id}", &params(&[("id", "1|a=2")]), None, &s);
-        let k2 = cache_key("/x/{id}", &params(&[("id", "1")]), Some("a=2"), &s);
+        let k1 = cache_key("/x/{id}", &params(&[("id", "1|a=2")]), None);
+        let k2 = cache_key("/x/{id}", &params(&[("id", "1")]), Some("a=2"));
         assert_ne!(k1, k2);
-        let k3 = cache_key("/x", &[], Some("a=1%26a%3D2"), &s);
-        let k4 = cache_key("/x", &[], Some("a=1&a=2"), &s);
-        assert_ne!(k3, k4);
+        let two = cache_key("/x/{a}/{b}", &params(&[("a", "1&b=2"), ("b", "3")]), None);
+        let other = cache_key("/x/{a}/{b}", &params(&[("a", "1"), ("b", "2&b=3")]), None);
+        assert_ne!(two, other);
+        let encoded = cache_key("/f/{*p}", &params(&[("p", "a%2Fb")]), None);
+        let plain = cache_key("/f/{*p}", &params(&[("p", "a/b")]), None);
+        assert_ne!(encoded, plain, "an encoded separator is another resource");
+    }
+
+    #[test]
+    fn name_patterns() {
+        assert!(NamePattern::new("utm_*").matches("utm_source"));
+        assert!(!NamePattern::new("utm_*").matches("xutm_source"));
+        assert!(NamePattern::new("fbclid").matches("fbclid"));
+        assert!(!NamePattern::new("fbclid").matches("fbclid2"));
     }
 }

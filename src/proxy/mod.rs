@@ -1,6 +1,8 @@
 //! The request path, in the order it runs: `route` -> `key` -> store lookup -> single
 //! flight -> `fetch` (origin -> policy -> store) -> `respond`.
 
+pub mod canonical;
+pub mod explain;
 mod fetch;
 pub mod key;
 pub mod origin;
@@ -18,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use http::header;
 use http::request::Parts;
 use http::{Method, StatusCode};
+use http_body::Body as _;
 use tracing::Instrument;
 
 use crate::app::{AppState, FetchRight};
@@ -28,6 +31,7 @@ use crate::cache::purge::{Mode, Selector};
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
 use crate::config::Route;
 use crate::error::ProxyError;
+use canonical::{Forwarding, Peer, UpstreamRequest};
 
 /// What a fetch leader hands to the requests that waited for it.
 #[derive(Clone, Debug)]
@@ -46,31 +50,40 @@ pub enum Shared {
 
 pub use fetch::{cache_request, fetch, Fetched};
 
-/// The request, as the cache path needs it after the body is gone.
+/// A request on its way through the proxy: what the client sent (its conditionals,
+/// ranges and `Cache-Control` are answered from it) and, computed once, what the origin
+/// receives for it.
 pub struct Inbound {
     pub parts: Parts,
     pub client: Option<SocketAddr>,
+    pub fwd: Forwarding,
+    pub upstream: UpstreamRequest,
 }
 
 /// The axum handler for every proxied request.
 pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let client = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     if parts.method.as_str() == "PURGE" {
         return purge_url(&state, &parts).await;
     }
-    let Some(matched) = state.routes.find(parts.uri.path()) else {
+    let peer = peer_of(&parts);
+    let path = match canonical::path(parts.uri.path()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let fwd = match canonical::forwarding(&parts.uri, &parts.headers, peer, &state.config.edge) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let Some(matched) = state.routes.find(&path) else {
         return ProxyError::NoRoute.into_response();
     };
     let route = &state.config.routes[matched.route];
     let span = crate::telemetry::request_span(&parts.method, &route.template, &parts.headers);
-    let inbound = Inbound { parts, client };
     async {
-        let (mut resp, status) = dispatch(&state, route, &matched.params, inbound, body).await;
+        let (mut resp, status) =
+            dispatch(&state, route, &matched.params, path, fwd, parts, peer, body).await;
         // Targeted fields are for caches, not for clients (RFC 9213 §2).
         for field in route.policy.targets.fields() {
             resp.headers_mut().remove(field);
@@ -88,34 +101,95 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     .await
 }
 
+/// Where the request came from, as the connection tells it.
+fn peer_of(parts: &Parts) -> Peer {
+    Peer {
+        addr: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
+        tls: false,
+    }
+}
+
 /// Chooses the path for a matched request: bypass, the cache, or unsafe-method forwarding.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     state: &Arc<AppState>,
     route: &Arc<Route>,
     params: &[(String, String)],
-    inbound: Inbound,
+    path: String,
+    fwd: Forwarding,
+    mut parts: Parts,
+    peer: Peer,
     body: Body,
 ) -> (Response, CacheStatus) {
-    if !route.cache {
-        forward(
-            state,
-            route,
-            inbound,
-            body,
-            CacheStatus::forward(Fwd::Bypass),
-        )
-        .await
-    } else if inbound.parts.method == Method::GET || inbound.parts.method == Method::HEAD {
-        let key = key::cache_key(
-            &route.template,
-            params,
-            inbound.parts.uri.query(),
-            &route.key,
-        );
-        lookup_or_fetch(state, route, &key, inbound).await
-    } else {
-        unsafe_method(state, route, params, inbound, body).await
+    let cache_path = route.cache && (parts.method == Method::GET || parts.method == Method::HEAD);
+    if !cache_path {
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let headers = canonical::pass_headers(std::mem::take(&mut parts.headers), route);
+        let inbound = Inbound {
+            parts,
+            client: peer.addr,
+            fwd,
+            upstream: UpstreamRequest {
+                path_and_query,
+                headers,
+            },
+        };
+        return if route.cache {
+            // The stored responses for this URL, keyed as a GET for it would be.
+            let query = canonical::query(
+                parts_query(&inbound),
+                &route.key.query,
+                &route.key.query_ignore,
+            )
+            .ok()
+            .flatten();
+            let key = key::cache_key(&route.template, params, query.as_deref());
+            unsafe_method(state, route, key, inbound, body).await
+        } else {
+            let status = CacheStatus::forward(Fwd::Bypass);
+            forward(state, route, inbound, body, status).await
+        };
     }
+    // A body on a GET or HEAD ("fat GET") cannot reach the origin under a key that
+    // ignores it, and must not be dropped under a Content-Length that announces it.
+    if !body.is_end_stream()
+        || parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+    {
+        let status = CacheStatus::forward(Fwd::Bypass).with_detail(Detail::Method);
+        let error = ProxyError::BadRequest("a GET or HEAD request must not have a body");
+        return (error_response(error, &status), status);
+    }
+    let (key, upstream) = match canonical::cache_request(
+        route,
+        params,
+        path,
+        parts.uri.query(),
+        &parts.headers,
+        &fwd,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let status = CacheStatus::forward(Fwd::Bypass);
+            return (error_response(e, &status), status);
+        }
+    };
+    let inbound = Inbound {
+        parts,
+        client: peer.addr,
+        fwd,
+        upstream,
+    };
+    lookup_or_fetch(state, route, &key, inbound).await
 }
 
 /// `PURGE /path?query` with the admin token: every variant of that URL's entry;
@@ -149,7 +223,8 @@ async fn lookup_or_fetch(
 ) -> (Response, CacheStatus) {
     let now = SystemTime::now();
     let client_cc = RequestDirectives::parse(&inbound.parts.headers);
-    let found = state.lookup(key, &inbound.parts.headers).await;
+    // Variants are selected by what the origin sees, not by what the client sent.
+    let found = state.lookup(key, &inbound.upstream.headers).await;
 
     if let Some(entry) = &found {
         let show = |s: CacheStatus| with_key(s, route, key);
@@ -223,7 +298,7 @@ async fn lead(
 ) -> (Response, CacheStatus) {
     let upstream_timeout = state.origins.upstream(route.upstream).timeout;
     let newer_than = found.as_ref().map(|e| e.stored_at);
-    let headers = &inbound.parts.headers;
+    let headers = &inbound.upstream.headers;
     let right = state.fetch_right(key, upstream_timeout).await;
     let from_fleet = match &right {
         // Another replica is fetching: its entry will appear in the store.
@@ -396,21 +471,28 @@ pub(super) fn with_key(mut status: CacheStatus, route: &Route, key: &str) -> Cac
     status
 }
 
-/// Sends the request to the origin as it is and streams the answer back.
+/// Sends the request to the origin (as `inbound.upstream` describes it) and streams the
+/// answer back, never storing it.
 async fn forward(
     state: &Arc<AppState>,
     route: &Route,
-    mut inbound: Inbound,
+    inbound: Inbound,
     body: Body,
     mut status: CacheStatus,
 ) -> (Response, CacheStatus) {
     let upstream = state.origins.upstream(route.upstream);
+    let Inbound {
+        parts,
+        fwd,
+        upstream: to_origin,
+        ..
+    } = inbound;
     let req = origin::outbound(
         upstream,
-        inbound.parts.method.clone(),
-        &inbound.parts.uri,
-        std::mem::take(&mut inbound.parts.headers),
-        inbound.client,
+        parts.method.clone(),
+        &to_origin.path_and_query,
+        to_origin.headers,
+        &fwd,
         body,
     );
     crate::telemetry::record_origin_request(&route.template, "pass");
@@ -418,10 +500,7 @@ async fn forward(
         Ok(resp) => {
             status.fwd_status = Some(resp.status().as_u16());
             let resp = resp.map(Body::new);
-            (
-                respond::passthrough(resp, &inbound.parts.method, &status),
-                status,
-            )
+            (respond::passthrough(resp, &parts.method, &status), status)
         }
         Err(error) => {
             tracing::warn!(route = %route.template, %error, "origin request failed");
@@ -430,28 +509,26 @@ async fn forward(
     }
 }
 
+/// The query of the URL the client asked for, as it reaches the origin on a pass.
+fn parts_query(inbound: &Inbound) -> Option<&str> {
+    inbound
+        .upstream
+        .path_and_query
+        .split_once('?')
+        .map(|(_, q)| q)
+}
+
 /// POST, PUT, PATCH, DELETE, ...: forwarded; a success invalidates the stored
 /// responses for the URL (RFC 9111 §4.4).
 async fn unsafe_method(
     state: &Arc<AppState>,
     route: &Route,
-    params: &[(String, String)],
+    key: String,
     inbound: Inbound,
     body: Body,
 ) -> (Response, CacheStatus) {
-    let key = key::cache_key(
-        &route.template,
-        params,
-        inbound.parts.uri.query(),
-        &route.key,
-    );
     let safe = matches!(inbound.parts.method, Method::OPTIONS | Method::TRACE);
-    let host = inbound
-        .parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string);
+    let host = inbound.fwd.host.clone();
     let status = CacheStatus::forward(Fwd::Bypass).with_detail(Detail::Method);
     let (resp, status) = forward(state, route, inbound, body, status).await;
     if !safe && (resp.status().is_success() || resp.status().is_redirection()) {

@@ -2,7 +2,6 @@
 //! hygiene, and bounded body reads.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::canonical::Forwarding;
 use crate::config::{Http2, Upstream};
 use crate::error::ProxyError;
 
@@ -180,16 +180,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Builds the upstream request: the upstream's address and base path, the request's
-/// path and query, end-to-end headers only, and the forwarding headers.
+/// (canonical) path and query, end-to-end headers only, and cachegate's own forwarding
+/// headers (any a client sent were removed by `canonical`).
 pub fn outbound(
     upstream: &Upstream,
     method: Method,
-    uri: &Uri,
+    path_and_query: &str,
     headers: HeaderMap,
-    client: Option<SocketAddr>,
+    fwd: &Forwarding,
     body: Body,
 ) -> Request<Body> {
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let target = format!("{}{}", upstream.base_path, path_and_query);
     let uri = Uri::builder()
         .scheme(upstream.scheme.clone())
@@ -200,23 +200,29 @@ pub fn outbound(
 
     let mut out = headers;
     strip_hop_by_hop(&mut out);
-    let original_host = out.remove(header::HOST);
-    if let Some(addr) = client {
-        let ip = addr.ip().to_string();
-        let forwarded = match out.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
-            out.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
+    out.remove(header::HOST);
+    if let Some(v) = fwd
+        .for_chain
+        .as_deref()
+        .and_then(|f| HeaderValue::try_from(f).ok())
+    {
+        out.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     out.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(fwd.proto),
     );
-    if let Some(host) = original_host {
-        out.insert(HeaderName::from_static("x-forwarded-host"), host);
+    match fwd
+        .host
+        .as_deref()
+        .and_then(|h| HeaderValue::try_from(h).ok())
+    {
+        Some(host) => {
+            out.insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        None => {
+            out.remove("x-forwarded-host");
+        }
     }
     append_via(&mut out);
     crate::telemetry::inject_trace_context(&mut out);

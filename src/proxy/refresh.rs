@@ -27,8 +27,10 @@ pub fn spawn(
     let route = route.clone();
     let key = key.to_string();
     let inbound = Inbound {
-        parts: cache_request(&inbound.parts),
+        parts: cache_request(inbound),
         client: inbound.client,
+        fwd: inbound.fwd.clone(),
+        upstream: inbound.upstream.clone(),
     };
     let span = tracing::info_span!("refresh", http.route = %route.template);
     tokio::spawn(
@@ -42,7 +44,7 @@ pub fn spawn(
                 // Another replica may have stored a fresh copy (and released its lease)
                 // between our stale read and this lease: then there is nothing to refresh.
                 FetchRight::Leased(_) => {
-                    let headers = &inbound.parts.headers;
+                    let headers = &inbound.upstream.headers;
                     if let Some(newer) =
                         state.newer_than(&key, headers, Some(stale.stored_at)).await
                     {

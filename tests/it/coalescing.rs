@@ -120,7 +120,11 @@ async fn a_leader_that_disconnects_does_not_cancel_the_fetch() {
         .timeout(Duration::from_millis(150))
         .build()
         .unwrap();
-    let gave_up = impatient.get(p.url("/slow")).send().await;
+    let gave_up = impatient
+        .get(p.url("/slow"))
+        .header("host", crate::support::proxy::TEST_HOST)
+        .send()
+        .await;
     assert!(
         gave_up.is_err(),
         "the first client hung up before the origin answered"

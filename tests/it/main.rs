@@ -11,6 +11,7 @@ mod fleet_purge;
 mod forwarding;
 mod keys;
 mod limits;
+mod poisoning;
 mod purge;
 mod redis_store;
 mod redis_tls;

@@ -85,10 +85,17 @@ async fn successful_unsafe_methods_invalidate_the_target() {
 async fn a_redirect_status_counts_as_success() {
     let origin = origin().await;
     let p = proxy_for(&origin).await;
-    p.get("/r303").await;
-    let r = send(&p, "POST", "/r303?status=303&location=%2Felsewhere", &[]).await;
+    // The query is part of the target URI (and of the key): the same URL is invalidated.
+    let url = "/r303?status=303&location=%2Felsewhere";
+    p.get(url).await;
+    assert!(p
+        .get(url)
+        .await
+        .cache_status()
+        .starts_with("cachegate; hit"));
+    let r = send(&p, "POST", url, &[]).await;
     assert_eq!(r.status, 303);
-    assert!(p.get("/r303").await.cache_status().contains("fwd=miss"));
+    assert!(p.get(url).await.cache_status().contains("fwd=miss"));
 }
 
 #[tokio::test]
@@ -143,7 +150,8 @@ async fn invalidation_covers_every_variant_and_head() {
 async fn same_origin_location_and_content_location_are_invalidated() {
     let origin = origin().await;
     let p = proxy_for(&origin).await;
-    let abs = format!("http%3A%2F%2F{}%2Fabs", p.addr);
+    // Absolute, naming the host the client asked for.
+    let abs = format!("http%3A%2F%2F{}%2Fabs", proxy::TEST_HOST);
     for path in ["/loc", "/cloc", "/abs", "/target"] {
         p.get(path).await;
     }

@@ -164,6 +164,9 @@ pub async fn burst(
     out
 }
 
+/// The `Host` test requests carry unless they set one.
+pub const TEST_HOST: &str = "cachegate.test";
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -181,6 +184,11 @@ pub async fn send(
     let mut req = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
     for (k, v) in headers {
         req = req.header(*k, *v);
+    }
+    // Every replica of a fleet is reached under one name, as behind a load balancer:
+    // the host is part of every key, and the test proxies listen on different ports.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", TEST_HOST);
     }
     let resp = req
         .send()

@@ -1,166 +1,34 @@
 //! Shared state and the proxy router.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use axum::Router;
-use http::HeaderMap;
 
-use crate::cache::lock::Locks;
-use crate::cache::purge::{Mode, Selector};
-use crate::cache::store::{self, Lease, Store};
-use crate::cache::CacheEntry;
+use crate::cache::store::{self, Store};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::proxy::origin::Origins;
 use crate::proxy::route::RouteTable;
 use crate::proxy::{self, canonical, key, Shared};
 
-/// Who fetches a key, fleet-wide.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FetchRight {
-    /// This process, with nothing to give back (a store local to the process, or a
-    /// failing one).
-    Local,
-    /// This process, holding the fleet lease until `AppState::give_back`.
-    Leased(String),
-    /// Another replica is fetching.
-    Elsewhere,
-}
-
-/// Everything a request needs, shared by all of them.
-pub struct AppState {
+/// Everything derived from the config: swapped whole, atomically, on reload. A request
+/// holds the `Arc<Runtime>` it started with until it finishes, so in-flight requests
+/// finish on their config while new ones use the new routes, TTLs and upstreams.
+pub struct Runtime {
     pub config: Arc<Config>,
     pub routes: RouteTable,
-    /// Behind a trait object so the request path is the same for every backend.
-    pub store: Arc<dyn Store>,
-    /// One origin fetch per key per process; its outcome is handed to the waiters
-    /// directly, so coalescing holds even when the store is failing.
-    pub locks: Arc<Locks<Shared>>,
     pub origins: Origins,
-    /// Keys whose last response was not storable: they skip the single flight for a
-    /// while instead of queueing every request behind the previous one (hit-for-miss).
-    pub hit_for_miss: moka::sync::Cache<String, ()>,
 }
 
-impl AppState {
-    /// Builds the state with the store the config names.
-    pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
-        let store = store::build(&config.store).await?;
-        Ok(Self::with_store(config, store))
-    }
-
-    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Arc<Self> {
-        let hit_for_miss = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(config.hit_for_miss.max(Duration::from_millis(1)))
-            .build();
-        Arc::new(AppState {
+impl Runtime {
+    pub fn new(config: Config) -> Self {
+        Runtime {
             routes: RouteTable::new(&config.routes),
             origins: Origins::new(&config.upstreams),
-            locks: Locks::new(),
-            store,
-            hit_for_miss,
             config: Arc::new(config),
-        })
-    }
-
-    /// A store failure reads as a miss.
-    pub async fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Arc<CacheEntry>> {
-        match self.store.lookup(key, request).await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::warn!(%error, key, "store lookup failed; treating as a miss");
-                crate::telemetry::record_store_error("lookup");
-                None
-            }
         }
-    }
-
-    /// A store failure skips the write; the response is still served.
-    pub async fn store_entry(&self, key: &str, entry: Arc<CacheEntry>) -> bool {
-        match self.store.insert(key, entry).await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(%error, key, "store write failed; response served uncached");
-                crate::telemetry::record_store_error("insert");
-                false
-            }
-        }
-    }
-
-    pub async fn invalidate(&self, key: &str) {
-        if let Err(error) = self.store.remove(key).await {
-            tracing::warn!(%error, key, "store remove failed");
-            crate::telemetry::record_store_error("remove");
-        }
-    }
-
-    /// Who may fetch `key` now, fleet-wide. A store failure makes it this process (in-
-    /// process coalescing still holds).
-    pub async fn fetch_right(&self, key: &str, upstream_timeout: Duration) -> FetchRight {
-        // Longer than the fetch it guards, so it does not lapse while the origin works.
-        let ttl = upstream_timeout + Duration::from_secs(2);
-        match self.store.acquire_lease(key, ttl).await {
-            Ok(Lease::Granted(Some(token))) => FetchRight::Leased(token),
-            Ok(Lease::Granted(None)) => FetchRight::Local,
-            Ok(Lease::Held) => FetchRight::Elsewhere,
-            Err(error) => {
-                tracing::warn!(%error, key, "lease failed; fetching without it");
-                crate::telemetry::record_store_error("lease");
-                FetchRight::Local
-            }
-        }
-    }
-
-    /// Gives a fleet lease back once the fetch it guarded is done.
-    pub async fn give_back(&self, key: &str, right: FetchRight) {
-        let FetchRight::Leased(token) = right else {
-            return;
-        };
-        if let Err(error) = self.store.release_lease(key, &token).await {
-            tracing::warn!(%error, key, "lease release failed; it will expire");
-            crate::telemetry::record_store_error("release");
-        }
-    }
-
-    /// An entry for `key` stored after `than` (any entry when `than` is `None`): what
-    /// another replica stored while this one was deciding to fetch.
-    pub async fn newer_than(
-        &self,
-        key: &str,
-        request: &HeaderMap,
-        than: Option<SystemTime>,
-    ) -> Option<Arc<CacheEntry>> {
-        let entry = self.store.lookup(key, request).await.ok()??;
-        than.is_none_or(|t| entry.stored_at > t).then_some(entry)
-    }
-
-    /// Waits (bounded) for another replica's fetch of `key` to land in the store: an
-    /// entry stored after `newer_than`, or any entry when there was none.
-    pub async fn wait_for_entry(
-        &self,
-        key: &str,
-        request: &HeaderMap,
-        newer_than: Option<SystemTime>,
-        max_wait: Duration,
-    ) -> Option<Arc<CacheEntry>> {
-        let deadline = tokio::time::Instant::now() + max_wait;
-        let mut interval = Duration::from_millis(5);
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(Duration::from_millis(50));
-            match self.store.lookup(key, request).await {
-                Ok(Some(entry)) if newer_than.is_none_or(|t| entry.stored_at > t) => {
-                    return Some(entry)
-                }
-                // The holder's entry cannot reach us through a failed store: stop
-                // waiting and fetch (in-process coalescing still holds).
-                Err(_) if self.store.health() == store::Health::Degraded => return None,
-                _ => {}
-            }
-        }
-        None
     }
 
     /// The cache key a path (with query) maps to, if its route caches: the key a GET
@@ -177,22 +45,77 @@ impl AppState {
             canonical::query(uri.query(), &route.key.query, &route.key.query_ignore).ok()?;
         Some(key::cache_key(&route.template, &m.params, query.as_deref()))
     }
+}
 
-    /// Applies a purge to the store; the count of keys it reached.
-    pub async fn purge(
-        &self,
-        selector: &Selector,
-        mode: Mode,
-    ) -> Result<u64, crate::cache::store::StoreError> {
-        let purged = self.store.purge(selector, mode).await;
-        tracing::info!(?selector, ?mode, ?purged, "purge");
-        purged
+/// The process's state: what lives across reloads (the cache: store, single-flight
+/// table, lease, hit-for-miss) and the current `Runtime`.
+pub struct AppState {
+    pub cache: Cache<Shared>,
+    /// Swapped by `reload`; read once per request (`runtime()`), an atomic load.
+    runtime: ArcSwap<Runtime>,
+    /// The file the config came from, for reloads (unset: started from a string).
+    config_path: std::sync::OnceLock<std::path::PathBuf>,
+}
+
+impl AppState {
+    /// Builds the state with the store the config names.
+    pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        let store = store::build(&config.store).await?;
+        Ok(Self::with_store(config, store))
+    }
+
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(AppState {
+            cache: Cache::new(store, config.hit_for_miss),
+            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            config_path: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Names the file reloads re-read (once, at start-up).
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        let _ = self.config_path.set(path);
+    }
+
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.get().map(|p| p.as_path())
+    }
+
+    /// The config-derived state new requests use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Swaps in `config` (already validated). Settings that live with the process are
+    /// kept as they were, and the returned notes say which ones need a restart.
+    pub fn reload(&self, config: Config) -> Vec<String> {
+        let old = self.runtime();
+        let mut notes = Vec::new();
+        let was = &old.config;
+        if config.listen != was.listen {
+            notes.push(format!(
+                "listen {} -> {}: needs a restart",
+                was.listen, config.listen
+            ));
+        }
+        if config.admin.listen != was.admin.listen {
+            notes.push("admin.listen changed: needs a restart".to_string());
+        }
+        if format!("{:?}", config.store) != format!("{:?}", was.store) {
+            notes.push("store changed: needs a restart (entries and connections kept)".to_string());
+        }
+        if config.hit_for_miss != was.hit_for_miss {
+            notes.push("defaults.hit_for_miss changed: needs a restart".to_string());
+        }
+        self.runtime.store(Arc::new(Runtime::new(config)));
+        notes
     }
 
     /// Whether `presented` is the admin token. Constant-time in the token's length, so
     /// response times do not reveal a matching prefix.
     pub fn admin_token_ok(&self, presented: Option<&str>) -> Result<(), ProxyError> {
-        let Some(expected) = self.config.admin.token.as_deref() else {
+        let runtime = self.runtime();
+        let Some(expected) = runtime.config.admin.token.as_deref() else {
             return Err(ProxyError::PurgeDisabled);
         };
         let presented = presented.unwrap_or("").as_bytes();
@@ -221,8 +144,8 @@ impl AppState {
             }
         }
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
-        if let Some(key) = self.key_for(target) {
-            self.invalidate(&key).await;
+        if let Some(key) = self.runtime().key_for(target) {
+            self.cache.invalidate(&key).await;
         }
     }
 }

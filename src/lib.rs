@@ -36,6 +36,7 @@ pub mod conn;
 pub mod devorigin;
 pub mod error;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -155,32 +155,17 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!(%warning, "config");
     }
-    // Installed before anything listens: SIGHUP's default action ends the process.
-    spawn_sighup_notice()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let metrics = telemetry::init_metrics().ok();
     let state = AppState::new(config).await?;
+    state.set_config_path(path.to_path_buf());
+    tokio::spawn(cachegate::reload::watch(
+        state.clone(),
+        path.to_path_buf(),
+        std::time::Duration::from_secs(1),
+    ));
     let listeners = server::Listeners::bind_rest(&state, listener).await?;
     server::serve(state, listeners, metrics, server::shutdown_signal()).await
-}
-
-/// Until hot reload exists, SIGHUP must not end the process (its default action).
-#[cfg(unix)]
-fn spawn_sighup_notice() -> anyhow::Result<()> {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::warn!(
-                "SIGHUP: reload is not implemented yet; restart to apply config changes"
-            );
-        }
-    });
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn spawn_sighup_notice() -> anyhow::Result<()> {
-    Ok(())
 }
 
 /// What `check` shows beyond "ok": listeners, limits, the drain and each upstream's

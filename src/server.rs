@@ -48,7 +48,7 @@ use crate::error::ProxyError;
 /// Connection-level limits (header read and idle timeouts, max connections, HTTP/2
 /// streams) are not layers: `serve` applies them per connection.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limits = state.config.limits.clone();
+    let limits = state.runtime().config.limits.clone();
     layered(app(state), limits)
 }
 
@@ -131,7 +131,8 @@ pub struct Listeners {
 impl Listeners {
     /// Binds what the config names besides `plain`: the TLS and admin listeners.
     pub async fn bind_rest(state: &AppState, plain: TcpListener) -> anyhow::Result<Listeners> {
-        let config = &state.config;
+        let runtime = state.runtime();
+        let config = &runtime.config;
         let tls = match &config.tls {
             Some(t) => {
                 let certs = ServerTls::load(t).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
@@ -190,7 +191,7 @@ pub async fn serve(
     let ctx = Arc::new(Ctx::new(&state));
     let graceful = GracefulShutdown::new();
     let (stop, stop_rx) = watch::channel(false);
-    tracing::info!(addr = %listeners.plain.local_addr()?, store = state.store.name(), "cachegate listening");
+    tracing::info!(addr = %listeners.plain.local_addr()?, store = state.cache.store.name(), "cachegate listening");
     let plain = accept_loop(listeners.plain, None, &ctx, &graceful, stop_rx.clone());
     let tls = async {
         if let Some((listener, certs)) = listeners.tls {
@@ -200,7 +201,7 @@ pub async fn serve(
             accept_loop(listener, Some(certs), &ctx, &graceful, stop_rx).await;
         }
     };
-    let grace = state.config.shutdown.grace;
+    let grace = state.runtime().config.shutdown.grace;
     let drain = async {
         shutdown.await;
         readiness.drain();
@@ -213,22 +214,22 @@ pub async fn serve(
     };
     tokio::join!(plain, tls, drain);
 
-    let timeout = state.config.shutdown.timeout;
+    let timeout = state.runtime().config.shutdown.timeout;
     tracing::info!(
         connections = graceful.count(),
-        refreshes = state.locks.in_flight(),
+        refreshes = state.cache.locks.in_flight(),
         "stopped accepting; finishing in-flight requests"
     );
     let finish = async {
         graceful.shutdown().await;
         // Detached fetches and background refreshes hold a key in the lock table until
         // they have stored their entry.
-        while state.locks.in_flight() > 0 {
+        while state.cache.locks.in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     if tokio::time::timeout(timeout, finish).await.is_err() {
-        tracing::warn!(timeout = ?timeout, refreshes = state.locks.in_flight(), "shutdown.timeout passed; abandoning what is still running");
+        tracing::warn!(timeout = ?timeout, refreshes = state.cache.locks.in_flight(), "shutdown.timeout passed; abandoning what is still running");
     }
     let _ = admin_stop.send(true);
     if let Some(admin) = admin {
@@ -277,7 +278,7 @@ const QUEUE_WAIT: Duration = Duration::from_millis(100);
 
 impl Ctx {
     fn new(state: &Arc<AppState>) -> Ctx {
-        let limits = state.config.limits.clone();
+        let limits = state.runtime().config.limits.clone();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's header timer also runs while a kept-alive HTTP/1.1 connection waits
         // for its next request; `watch_connection` covers HTTP/2 and idle connections.

@@ -172,3 +172,8 @@ pub fn record_refresh(route: &Arc<str>, result: &'static str) {
 pub fn record_store_error(op: &'static str) {
     metrics::counter!("cachegate_store_errors_total", "op" => op).increment(1);
 }
+
+/// A config reload: `applied` or `rejected`.
+pub fn record_reload(result: &'static str) {
+    metrics::counter!("cachegate_config_reloads_total", "result" => result).increment(1);
+}

@@ -53,6 +53,7 @@ pub fn router_with(
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
         .route("/purge", axum::routing::post(purge))
+        .route("/reload", axum::routing::post(reload))
         .with_state(Admin {
             state,
             metrics,
@@ -71,7 +72,7 @@ async fn ready(State(admin): State<Admin>) -> Response {
         )
             .into_response();
     }
-    let store = admin.state.store.as_ref();
+    let store = admin.state.cache.store.as_ref();
     let health = match store.health() {
         Health::Ok => "ok",
         Health::Degraded => "degraded",
@@ -103,7 +104,7 @@ async fn purge(State(admin): State<Admin>, req: axum::extract::Request) -> Respo
             .decode_utf8_lossy()
             .into_owned();
         let chosen = match name {
-            "url" => match state.key_for(&value) {
+            "url" => match state.runtime().key_for(&value) {
                 Some(key) => Some(Selector::Key(key)),
                 None => {
                     return ProxyError::BadRequest("url: no caching route matches it")
@@ -144,9 +145,39 @@ async fn purge(State(admin): State<Admin>, req: axum::extract::Request) -> Respo
     purge_response(state, &selector, mode).await
 }
 
+/// `POST /reload` with the admin token: re-reads the config file. 200 with what needs a
+/// restart, or 422 with the error (the running config stays).
+async fn reload(State(admin): State<Admin>, req: axum::extract::Request) -> Response {
+    let state = &admin.state;
+    if let Err(e) = state.admin_token_ok(bearer(req.headers())) {
+        return e.into_response();
+    }
+    let Some(path) = state.config_path() else {
+        return (
+            http::StatusCode::CONFLICT,
+            "started without a config file: nothing to reload\n",
+        )
+            .into_response();
+    };
+    match crate::reload::reload(state, path, "admin") {
+        crate::reload::Outcome::Applied(notes) => {
+            let mut body = String::from("reloaded\n");
+            for n in notes {
+                body.push_str(&format!("note: {n}\n"));
+            }
+            body.into_response()
+        }
+        crate::reload::Outcome::Rejected(e) => (
+            http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!("rejected: {e}\nthe running config stays\n"),
+        )
+            .into_response(),
+    }
+}
+
 /// Runs a purge and renders `{"purged":N,"mode":"hard"}`.
 pub async fn purge_response(state: &AppState, selector: &Selector, mode: Mode) -> Response {
-    match state.purge(selector, mode).await {
+    match state.cache.purge(selector, mode).await {
         Ok(n) => {
             let mode = match mode {
                 Mode::Hard => "hard",

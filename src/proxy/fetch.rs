@@ -42,8 +42,8 @@ pub async fn fetch(
     stale: Option<Arc<CacheEntry>>,
     fwd: Fwd,
 ) -> Fetched {
-    let upstream = state.origins.upstream(route.upstream);
-    let sent = send_for_cache(state, route, inbound, stale.as_deref()).await;
+    let upstream = inbound.rt.origins.upstream(route.upstream);
+    let sent = send_for_cache(route, inbound, stale.as_deref()).await;
     let now = SystemTime::now();
     let mut status = with_key(CacheStatus::forward(fwd), route, key);
 
@@ -76,7 +76,7 @@ pub async fn fetch(
         if let Some(old) = &stale {
             if let Some(renewed) = renew(route, old, &request_parts, &parts, now) {
                 let renewed = Arc::new(renewed);
-                status.stored = state.store_entry(key, renewed.clone()).await;
+                status.stored = state.cache.store_entry(key, renewed.clone()).await;
                 status.ttl = Some(renewed.ttl_secs(now));
                 status.detail = Some(Detail::NotModified);
                 let response = respond_entry(&renewed, inbound, now, &status);
@@ -88,7 +88,7 @@ pub async fn fetch(
             }
             // A 304 for another validator cannot be applied (RFC 9111 §4.3.4), and this
             // client sent no conditional: ask again, unconditionally.
-            match send_for_cache(state, route, inbound, None).await {
+            match send_for_cache(route, inbound, None).await {
                 Ok(resp) => {
                     status.fwd_status = Some(resp.status().as_u16());
                     (parts, body) = resp.into_parts();
@@ -107,7 +107,7 @@ pub async fn fetch(
         Storability::DoNotStore(reason) => {
             status.detail = Some(reason);
             if !parts.status.is_server_error() {
-                state.hit_for_miss.insert(key.to_string(), ());
+                state.cache.hit_for_miss.insert(key.to_string(), ());
             }
             return not_stored(
                 inbound,
@@ -122,7 +122,7 @@ pub async fn fetch(
         Ok(BodyRead::Complete(bytes)) => bytes,
         Ok(BodyRead::TooLarge(prefix, rest)) => {
             status.detail = Some(Detail::TooLarge);
-            state.hit_for_miss.insert(key.to_string(), ());
+            state.cache.hit_for_miss.insert(key.to_string(), ());
             let body = origin::chain_body(prefix, rest);
             return not_stored(inbound, Response::from_parts(parts, body), status);
         }
@@ -164,11 +164,11 @@ pub async fn fetch(
         lifetimes,
         vary_values(&inbound.upstream.headers, &vary),
     ));
-    status.stored = state.store_entry(key, entry.clone()).await;
+    status.stored = state.cache.store_entry(key, entry.clone()).await;
     if !status.stored {
         status.detail = Some(Detail::StoreError);
     }
-    state.hit_for_miss.invalidate(key);
+    state.cache.hit_for_miss.invalidate(key);
     status.ttl = Some(entry.ttl_secs(now));
     let mut response = respond_entry(&entry, inbound, now, &status);
     for (name, value) in &withheld {
@@ -226,7 +226,6 @@ fn origin_failed(
 /// Sends the GET the cache needs: unconditional, or with `stale`'s validators so a 304
 /// renews it. The client's own conditionals and ranges are answered from the result.
 async fn send_for_cache(
-    state: &AppState,
     route: &Route,
     inbound: &Inbound,
     stale: Option<&CacheEntry>,
@@ -242,7 +241,7 @@ async fn send_for_cache(
             headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
         }
     }
-    let upstream = state.origins.upstream(route.upstream);
+    let upstream = inbound.rt.origins.upstream(route.upstream);
     let req = origin::outbound(
         upstream,
         Method::GET,
@@ -252,7 +251,7 @@ async fn send_for_cache(
         Body::empty(),
     );
     crate::telemetry::record_origin_request(&route.template, "fetch");
-    state.origins.send(route.upstream, req).await
+    inbound.rt.origins.send(route.upstream, req).await
 }
 
 /// What selects a variant: the forwarding values cachegate sends (host, scheme), the

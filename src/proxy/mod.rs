@@ -23,11 +23,12 @@ use http::{Method, StatusCode};
 use http_body::Body as _;
 use tracing::Instrument;
 
-use crate::app::{AppState, FetchRight};
+use crate::app::{AppState, Runtime};
 use crate::cache::entry::Freshness;
 use crate::cache::lock::{Lock, Permit, WaitError};
 use crate::cache::policy::{self, RequestDirectives, Reuse};
 use crate::cache::purge::{Mode, Selector};
+use crate::cache::FetchRight;
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
 use crate::config::Route;
 use crate::error::ProxyError;
@@ -54,6 +55,8 @@ pub use fetch::{cache_request, fetch, Fetched};
 /// ranges and `Cache-Control` are answered from it) and, computed once, what the origin
 /// receives for it.
 pub struct Inbound {
+    /// The config this request started with; it finishes on it across a reload.
+    pub rt: Arc<Runtime>,
     pub parts: Parts,
     pub client: Option<SocketAddr>,
     pub fwd: Forwarding,
@@ -67,23 +70,34 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     if parts.method.as_str() == "PURGE" {
         return purge_url(&state, &parts).await;
     }
+    let rt = state.runtime();
     let peer = peer_of(&parts);
     let path = match canonical::path(parts.uri.path()) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let fwd = match canonical::forwarding(&parts.uri, &parts.headers, peer, &state.config.edge) {
+    let fwd = match canonical::forwarding(&parts.uri, &parts.headers, peer, &rt.config.edge) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let Some(matched) = state.routes.find(&path) else {
+    let Some(matched) = rt.routes.find(&path) else {
         return ProxyError::NoRoute.into_response();
     };
-    let route = &state.config.routes[matched.route];
+    let route = &rt.config.routes[matched.route];
     let span = crate::telemetry::request_span(&parts.method, &route.template, &parts.headers);
     async {
-        let (mut resp, status) =
-            dispatch(&state, route, &matched.params, path, fwd, parts, peer, body).await;
+        let (mut resp, status) = dispatch(
+            &state,
+            &rt,
+            route,
+            &matched.params,
+            path,
+            fwd,
+            parts,
+            peer,
+            body,
+        )
+        .await;
         // Targeted fields are for caches, not for clients (RFC 9213 §2).
         for field in route.policy.targets.fields() {
             resp.headers_mut().remove(field);
@@ -116,6 +130,7 @@ fn peer_of(parts: &Parts) -> Peer {
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
     state: &Arc<AppState>,
+    rt: &Arc<Runtime>,
     route: &Arc<Route>,
     params: &[(String, String)],
     path: String,
@@ -132,6 +147,7 @@ async fn dispatch(
         };
         let headers = canonical::pass_headers(std::mem::take(&mut parts.headers), route);
         let inbound = Inbound {
+            rt: rt.clone(),
             parts,
             client: peer.addr,
             fwd,
@@ -153,7 +169,7 @@ async fn dispatch(
             unsafe_method(state, route, key, inbound, body).await
         } else {
             let status = CacheStatus::forward(Fwd::Bypass);
-            forward(state, route, inbound, body, status).await
+            forward(route, inbound, body, status).await
         };
     }
     // A body on a GET or HEAD ("fat GET") cannot reach the origin under a key that
@@ -184,6 +200,7 @@ async fn dispatch(
         }
     };
     let inbound = Inbound {
+        rt: rt.clone(),
         parts,
         client: peer.addr,
         fwd,
@@ -203,7 +220,7 @@ async fn purge_url(state: &AppState, parts: &Parts) -> Response {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let Some(key) = state.key_for(target) else {
+    let Some(key) = state.runtime().key_for(target) else {
         return ProxyError::NoRoute.into_response();
     };
     let soft = parts
@@ -224,7 +241,7 @@ async fn lookup_or_fetch(
     let now = SystemTime::now();
     let client_cc = RequestDirectives::parse(&inbound.parts.headers);
     // Variants are selected by what the origin sees, not by what the client sent.
-    let found = state.lookup(key, &inbound.upstream.headers).await;
+    let found = state.cache.lookup(key, &inbound.upstream.headers).await;
 
     if let Some(entry) = &found {
         let show = |s: CacheStatus| with_key(s, route, key);
@@ -252,37 +269,29 @@ async fn lookup_or_fetch(
         Some(_) => Fwd::Stale,
         None => Fwd::Miss,
     };
-    if state.hit_for_miss.contains_key(key) {
+    if state.cache.hit_for_miss.contains_key(key) {
         let status = CacheStatus::forward(fwd).with_detail(Detail::HitForMiss);
-        return forward(state, route, inbound, Body::empty(), status).await;
+        return forward(route, inbound, Body::empty(), status).await;
     }
 
     // Bounded: a follower whose leader gave up competes again, at most a few times.
     for _ in 0..3 {
-        match state.locks.lock(key) {
+        match state.cache.locks.lock(key) {
             Lock::Leader(permit) => {
                 return lead(state, route, key, inbound, found, fwd, permit).await
             }
             Lock::Follower(waiter) => {
-                let wait = state.origins.upstream(route.upstream).timeout + Duration::from_secs(1);
+                let wait =
+                    inbound.rt.origins.upstream(route.upstream).timeout + Duration::from_secs(1);
                 match waiter.wait(wait).await {
-                    Ok(shared) => {
-                        return follow(state, route, key, inbound, found, fwd, shared).await
-                    }
+                    Ok(shared) => return follow(route, key, inbound, found, fwd, shared).await,
                     Err(WaitError::Abandoned) => continue,
                     Err(WaitError::TimedOut) => break,
                 }
             }
         }
     }
-    forward(
-        state,
-        route,
-        inbound,
-        Body::empty(),
-        CacheStatus::forward(fwd),
-    )
-    .await
+    forward(route, inbound, Body::empty(), CacheStatus::forward(fwd)).await
 }
 
 /// The in-process leader: takes the fleet lease, then either answers from the entry
@@ -296,22 +305,25 @@ async fn lead(
     fwd: Fwd,
     permit: Permit<Shared>,
 ) -> (Response, CacheStatus) {
-    let upstream_timeout = state.origins.upstream(route.upstream).timeout;
+    let upstream_timeout = inbound.rt.origins.upstream(route.upstream).timeout;
     let newer_than = found.as_ref().map(|e| e.stored_at);
     let headers = &inbound.upstream.headers;
-    let right = state.fetch_right(key, upstream_timeout).await;
+    let right = state.cache.fetch_right(key, upstream_timeout).await;
     let from_fleet = match &right {
         // Another replica is fetching: its entry will appear in the store.
         FetchRight::Elsewhere => {
             let wait = upstream_timeout + Duration::from_secs(1);
-            state.wait_for_entry(key, headers, newer_than, wait).await
+            state
+                .cache
+                .wait_for_entry(key, headers, newer_than, wait)
+                .await
         }
         // A flight that finished between our lookup and our lock (in this process or,
         // with a fleet lease, in another replica) stored a copy fetched or validated
         // after this request arrived: it answers even `no-cache` (RFC 9111 §5.2.1.4), and
         // a burst that straddles the end of a flight stays one origin request.
         FetchRight::Leased(_) | FetchRight::Local => {
-            state.newer_than(key, headers, newer_than).await
+            state.cache.newer_than(key, headers, newer_than).await
         }
     };
     if let Some(entry) = from_fleet {
@@ -329,7 +341,7 @@ async fn lead(
         let response = respond_entry(&entry, &inbound, now, &status);
         let entry_status = entry.status;
         permit.release(Shared::Entry(entry, entry_status));
-        state.give_back(key, right).await;
+        state.cache.give_back(key, right).await;
         return (response, status);
     }
     // The fetch runs in its own task: a client that goes away does not cancel the fetch
@@ -339,7 +351,7 @@ async fn lead(
         async move {
             let fetched = fetch(&state, &route, &key, &inbound, found, fwd).await;
             permit.release(fetched.shared);
-            state.give_back(&key, right).await;
+            state.cache.give_back(&key, right).await;
             (fetched.response, fetched.status)
         }
         .in_current_span()
@@ -359,7 +371,6 @@ async fn lead(
 
 /// A waiter's answer from its leader's outcome.
 async fn follow(
-    state: &Arc<AppState>,
     route: &Route,
     key: &str,
     inbound: Inbound,
@@ -388,16 +399,7 @@ async fn follow(
                 return serve_stale_on_error(&stale, &inbound, now, fwd_status, true);
             }
             match fwd_status {
-                Some(_) => {
-                    forward(
-                        state,
-                        route,
-                        inbound,
-                        Body::empty(),
-                        CacheStatus::forward(fwd),
-                    )
-                    .await
-                }
+                Some(_) => forward(route, inbound, Body::empty(), CacheStatus::forward(fwd)).await,
                 None => {
                     let status = CacheStatus {
                         fwd: Some(fwd),
@@ -409,14 +411,7 @@ async fn follow(
             }
         }
         Shared::Uncacheable => {
-            forward(
-                state,
-                route,
-                inbound,
-                Body::empty(),
-                CacheStatus::forward(fwd),
-            )
-            .await
+            forward(route, inbound, Body::empty(), CacheStatus::forward(fwd)).await
         }
     }
 }
@@ -474,13 +469,12 @@ pub(super) fn with_key(mut status: CacheStatus, route: &Route, key: &str) -> Cac
 /// Sends the request to the origin (as `inbound.upstream` describes it) and streams the
 /// answer back, never storing it.
 async fn forward(
-    state: &Arc<AppState>,
     route: &Route,
     inbound: Inbound,
     body: Body,
     mut status: CacheStatus,
 ) -> (Response, CacheStatus) {
-    let upstream = state.origins.upstream(route.upstream);
+    let upstream = inbound.rt.origins.upstream(route.upstream);
     let Inbound {
         parts,
         fwd,
@@ -496,7 +490,7 @@ async fn forward(
         body,
     );
     crate::telemetry::record_origin_request(&route.template, "pass");
-    match state.origins.send(route.upstream, req).await {
+    match inbound.rt.origins.send(route.upstream, req).await {
         Ok(resp) => {
             status.fwd_status = Some(resp.status().as_u16());
             let resp = resp.map(Body::new);
@@ -530,9 +524,9 @@ async fn unsafe_method(
     let safe = matches!(inbound.parts.method, Method::OPTIONS | Method::TRACE);
     let host = inbound.fwd.host.clone();
     let status = CacheStatus::forward(Fwd::Bypass).with_detail(Detail::Method);
-    let (resp, status) = forward(state, route, inbound, body, status).await;
+    let (resp, status) = forward(route, inbound, body, status).await;
     if !safe && (resp.status().is_success() || resp.status().is_redirection()) {
-        state.invalidate(&key).await;
+        state.cache.invalidate(&key).await;
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(other) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
                 state.invalidate_url(other, host.as_deref()).await;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use crate::app::{AppState, FetchRight};
+use crate::app::AppState;
+use crate::cache::FetchRight;
 use crate::cache::{CacheEntry, Fwd};
 use crate::config::Route;
 
@@ -20,13 +21,14 @@ pub fn spawn(
     stale: Arc<CacheEntry>,
     inbound: &Inbound,
 ) {
-    let Some(permit) = state.locks.try_lock(key) else {
+    let Some(permit) = state.cache.locks.try_lock(key) else {
         return;
     };
     let state = state.clone();
     let route = route.clone();
     let key = key.to_string();
     let inbound = Inbound {
+        rt: inbound.rt.clone(),
         parts: cache_request(inbound),
         client: inbound.client,
         fwd: inbound.fwd.clone(),
@@ -37,18 +39,20 @@ pub fn spawn(
         async move {
             // One refresh per key for the whole fleet: without the lease, another replica
             // is refreshing and this one keeps serving stale.
-            let upstream_timeout = state.origins.upstream(route.upstream).timeout;
-            let right = state.fetch_right(&key, upstream_timeout).await;
+            let upstream_timeout = inbound.rt.origins.upstream(route.upstream).timeout;
+            let right = state.cache.fetch_right(&key, upstream_timeout).await;
             match right {
                 FetchRight::Elsewhere => return,
                 // Another replica may have stored a fresh copy (and released its lease)
                 // between our stale read and this lease: then there is nothing to refresh.
                 FetchRight::Leased(_) => {
                     let headers = &inbound.upstream.headers;
-                    if let Some(newer) =
-                        state.newer_than(&key, headers, Some(stale.stored_at)).await
+                    if let Some(newer) = state
+                        .cache
+                        .newer_than(&key, headers, Some(stale.stored_at))
+                        .await
                     {
-                        state.give_back(&key, right).await;
+                        state.cache.give_back(&key, right).await;
                         let status = newer.status;
                         permit.release(Shared::Entry(newer, status));
                         return;
@@ -56,7 +60,7 @@ pub fn spawn(
                 }
                 FetchRight::Local => {}
             }
-            let budget = state.config.refresh_timeout;
+            let budget = inbound.rt.config.refresh_timeout;
             let refresh = fetch(&state, &route, &key, &inbound, Some(stale), Fwd::Stale);
             match tokio::time::timeout(budget, refresh).await {
                 Ok(fetched) => {
@@ -72,7 +76,7 @@ pub fn spawn(
                     // Dropping the permit wakes any waiter to compete again.
                 }
             }
-            state.give_back(&key, right).await;
+            state.cache.give_back(&key, right).await;
         }
         .instrument(span),
     );

@@ -207,7 +207,7 @@ async fn redis_dying_under_load_causes_no_client_errors_and_the_breaker_closes_a
     let degraded = eventually(Duration::from_secs(5), async || {
         replicas
             .iter()
-            .all(|p| p.state.store.health() == Health::Degraded)
+            .all(|p| p.state.cache.store.health() == Health::Degraded)
     })
     .await;
     assert!(degraded, "every replica notices");
@@ -239,7 +239,7 @@ async fn redis_dying_under_load_causes_no_client_errors_and_the_breaker_closes_a
         }
         replicas
             .iter()
-            .all(|p| p.state.store.health() == Health::Ok)
+            .all(|p| p.state.cache.store.health() == Health::Ok)
     })
     .await;
     assert!(healthy, "the breaker closes once Redis is back");

@@ -15,6 +15,7 @@ mod poisoning;
 mod purge;
 mod redis_store;
 mod redis_tls;
+mod reload;
 mod rfc9110_ranges;
 mod rfc9111_freshness;
 mod rfc9111_invalidation;

@@ -70,7 +70,7 @@ async fn round_trip(store_yaml: &str) {
         r.cache_status()
     );
     assert_eq!(r.body, "/users/1 en 3", "the PUT invalidated the entry");
-    assert_eq!(p.state.store.health(), Health::Ok);
+    assert_eq!(p.state.cache.store.health(), Health::Ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -127,7 +127,7 @@ async fn bytes_it_cannot_decode_read_as_a_miss() {
     let r = p.get("/c").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "v1", "garbage is a miss, not an error");
-    assert_eq!(p.state.store.health(), Health::Ok);
+    assert_eq!(p.state.cache.store.health(), Health::Ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -159,7 +159,7 @@ async fn unreachable_redis_at_startup_serves_from_the_origin() {
     for _ in 0..10 {
         assert_eq!(p.get("/x").await.status, 200);
     }
-    assert_eq!(p.state.store.health(), Health::Degraded);
+    assert_eq!(p.state.cache.store.health(), Health::Degraded);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -207,7 +207,7 @@ async fn a_wrong_password_serves_from_the_origin_degraded() {
     for _ in 0..3 {
         assert_eq!(p.get("/x").await.status, 200);
     }
-    assert_eq!(p.state.store.health(), Health::Degraded);
+    assert_eq!(p.state.cache.store.health(), Health::Degraded);
     assert_eq!(redis.cli(&["DBSIZE"]), "0", "nothing was written");
 }
 

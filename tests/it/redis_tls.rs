@@ -32,7 +32,7 @@ async fn rediss_url_round_trip_without_l1() {
         r.cache_status()
     );
     assert_eq!(origin.hits("/tls"), 1);
-    assert_eq!(p.state.store.health(), Health::Ok);
+    assert_eq!(p.state.cache.store.health(), Health::Ok);
 
     let keys = redis.cli(&["--scan", "--pattern", "cachegate:v1:*:e:*"]);
     assert_eq!(keys.lines().count(), 1, "the entry is in Redis: {keys}");
@@ -57,5 +57,5 @@ async fn rediss_cluster_round_trip() {
         );
         assert_eq!(origin.hits(path), 1);
     }
-    assert_eq!(p.state.store.health(), Health::Ok);
+    assert_eq!(p.state.cache.store.health(), Health::Ok);
 }

@@ -28,7 +28,7 @@ impl Edge {
         let state = AppState::new(config).await.expect("state");
         let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let plain_addr = plain.local_addr().unwrap();
-        let tls = match &state.config.tls {
+        let tls = match &state.runtime().config.tls {
             Some(t) => Some((
                 TcpListener::bind("127.0.0.1:0").await.unwrap(),
                 ServerTls::load(t).unwrap(),

@@ -17,7 +17,9 @@
 //! # Layout
 //! - `config`: `routes.yaml` in two stages (raw serde mirror, then validated `Config`).
 //! - `app`: shared state (`AppState`) and the proxy router.
-//! - `server`: listeners, the layer stack, graceful shutdown.
+//! - `server`: listeners (plain and TLS), connection limits, the layer stack, the drain.
+//! - `conn`: what a request knows of its connection (`ConnectionInfo`: peer, TLS).
+//! - `tls`: certificates and keys from PEM files, for the listener and HTTPS upstreams.
 //! - `proxy`: the request path: `route`, `key`, `fetch`, `origin`, `respond`, `refresh`.
 //! - `cache`: entries, pure policy, purge selectors, the single-flight lock, status enums
 //!   and stores (memory; Redis with an L1 in front).
@@ -30,9 +32,11 @@ pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod config;
+pub mod conn;
 pub mod devorigin;
 pub mod error;
 pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod telemetry;
+pub mod tls;

@@ -102,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.routes.len(),
                 config.upstreams.len()
             );
+            print!("{}", edge_summary(&config));
             Ok(())
         }
         Command::Serve => serve(&cli.config).await,
@@ -163,5 +164,67 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         path.to_path_buf(),
         std::time::Duration::from_secs(1),
     ));
-    server::run(state, listener, metrics, server::shutdown_signal()).await
+    let listeners = server::Listeners::bind_rest(&state, listener).await?;
+    server::serve(state, listeners, metrics, server::shutdown_signal()).await
+}
+
+/// What `check` shows beyond "ok": listeners, limits, the drain and each upstream's
+/// transport, as they will apply (defaults filled in).
+fn edge_summary(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "listen: http://{}", config.listen);
+    if let Some(tls) = &config.tls {
+        let _ = writeln!(
+            out,
+            "tls: https://{} (cert_file {}, key_file {}; ALPN h2, http/1.1)",
+            tls.listen,
+            tls.cert_file.display(),
+            tls.key_file.display()
+        );
+    }
+    let l = &config.limits;
+    let _ = writeln!(
+        out,
+        "limits: header_read_timeout {:?}, idle_timeout {:?}, request_timeout {:?}, \
+         max_connections {}, max_h2_streams {}, max_header_bytes {}, max_request_body {}",
+        l.header_read_timeout,
+        l.idle_timeout,
+        l.request_timeout,
+        l.max_connections,
+        l.max_h2_streams,
+        l.max_header_bytes,
+        l.max_request_body
+    );
+    let _ = writeln!(
+        out,
+        "shutdown: grace {:?}, timeout {:?}",
+        config.shutdown.grace, config.shutdown.timeout
+    );
+    for u in &config.upstreams {
+        let mut line = format!(
+            "upstream {}: {}://{}{} (http2 {}",
+            u.name,
+            u.scheme,
+            u.authority,
+            u.base_path,
+            u.http2.as_str()
+        );
+        if let Some(host) = u.host.as_ref().and_then(|h| h.to_str().ok()) {
+            let _ = write!(line, ", host {host}");
+        }
+        if let Some(tls) = &u.tls {
+            if let Some(name) = &tls.server_name {
+                let _ = write!(line, ", server_name {}", name.to_str());
+            }
+            if tls.client_auth {
+                line.push_str(", client certificate");
+            }
+            if tls.insecure {
+                line.push_str(", certificate NOT verified");
+            }
+        }
+        let _ = writeln!(out, "{line})");
+    }
+    out
 }

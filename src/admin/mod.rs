@@ -1,5 +1,6 @@
 //! The admin listener: liveness, readiness, Prometheus metrics and purges.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -19,27 +20,65 @@ use crate::telemetry;
 struct Admin {
     state: Arc<AppState>,
     metrics: Option<PrometheusHandle>,
+    readiness: Readiness,
+}
+
+/// Whether this replica should get new traffic: false from the shutdown signal on, so
+/// load balancers take it out of rotation while it still serves.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// `/readyz` answers 503 from now on.
+    pub fn drain(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 pub fn router(state: Arc<AppState>, metrics: Option<PrometheusHandle>) -> Router {
+    router_with(state, metrics, Readiness::default())
+}
+
+/// The admin router whose `/readyz` follows `readiness`.
+pub fn router_with(
+    state: Arc<AppState>,
+    metrics: Option<PrometheusHandle>,
+    readiness: Readiness,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
         .route("/purge", axum::routing::post(purge))
         .route("/reload", axum::routing::post(reload))
-        .with_state(Admin { state, metrics })
+        .with_state(Admin {
+            state,
+            metrics,
+            readiness,
+        })
 }
 
 /// Ready even when the store is degraded: requests are still served (from the origin),
 /// so taking the replica out of rotation would only shift load. The body says which.
-async fn ready(State(admin): State<Admin>) -> String {
+/// Draining (after SIGTERM) is the one not-ready state.
+async fn ready(State(admin): State<Admin>) -> Response {
+    if admin.readiness.is_draining() {
+        return (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "draining: shutting down\n",
+        )
+            .into_response();
+    }
     let store = admin.state.cache.store.as_ref();
     let health = match store.health() {
         Health::Ok => "ok",
         Health::Degraded => "degraded",
     };
-    format!("ready\nstore: {} {health}\n", store.name())
+    format!("ready\nstore: {} {health}\n", store.name()).into_response()
 }
 
 async fn render_metrics(State(admin): State<Admin>) -> String {

@@ -40,6 +40,28 @@ pub struct Config {
     pub refresh_timeout: Duration,
     /// Accepted but worth telling the operator (`check` prints them, `serve` logs them).
     pub warnings: Vec<ConfigError>,
+    /// The HTTPS listener, beside the plain one.
+    pub tls: Option<ListenerTls>,
+    pub shutdown: Shutdown,
+}
+
+/// `tls:` at the top level: where HTTPS is served and the PEM files it serves with.
+/// Paths are kept (not the loaded certificate) so a reload re-reads them.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The drain on SIGTERM.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// How long `/readyz` says 503 while the proxy still accepts (load balancers stop
+    /// sending).
+    pub grace: Duration,
+    /// How long in-flight requests and background refreshes may take after that.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +86,44 @@ pub struct Upstream {
     pub base_path: String,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Sent as `Host` instead of `authority` (`upstreams.NAME.host`).
+    pub host: Option<http::HeaderValue>,
+    pub http2: Http2,
+    /// Set for `https://` upstreams.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `upstreams.NAME.http2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http2 {
+    /// HTTP/1.1 only.
+    Never,
+    /// HTTP/2 only: offered alone in ALPN, or with prior knowledge over `http://`.
+    Always,
+    /// HTTP/2 when the origin's ALPN picks it, else HTTP/1.1 (`http://`: HTTP/1.1).
+    Auto,
+}
+
+impl Http2 {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Http2::Never => "false",
+            Http2::Always => "true",
+            Http2::Auto => "auto",
+        }
+    }
+}
+
+/// An HTTPS upstream's client TLS, built (files read) once at validation.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub client: Arc<rustls::ClientConfig>,
+    /// Sent as SNI and checked against the certificate instead of the URL's host.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// `insecure_skip_verify: true`: any certificate is accepted.
+    pub insecure: bool,
+    /// Whether a client certificate is presented (mutual TLS).
+    pub client_auth: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +179,16 @@ pub struct L1Config {
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_request_body: usize,
+    /// A client that has not sent a request's headers in this time is disconnected.
+    pub header_read_timeout: Duration,
+    /// A connection with no request and no traffic this long is closed.
+    pub idle_timeout: Duration,
+    /// The whole request, origin included; then 504.
+    pub request_timeout: Duration,
+    /// Open client connections, both listeners together.
+    pub max_connections: usize,
+    /// Concurrent streams on one HTTP/2 connection.
+    pub max_h2_streams: u32,
 }
 
 /// Values from the environment that override the file.
@@ -452,8 +522,63 @@ impl Validator {
                 raw.limits.max_request_body.as_deref(),
                 16 << 20,
             )? as usize,
+            header_read_timeout: self.positive(
+                "limits.header_read_timeout",
+                raw.limits.header_read_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            idle_timeout: self.positive(
+                "limits.idle_timeout",
+                raw.limits.idle_timeout.as_deref(),
+                Duration::from_secs(60),
+            )?,
+            request_timeout: self.positive(
+                "limits.request_timeout",
+                raw.limits.request_timeout.as_deref(),
+                upstreams
+                    .iter()
+                    .map(|u| u.timeout)
+                    .max()
+                    .unwrap_or_default()
+                    + Duration::from_secs(5),
+            )?,
+            max_connections: match raw.limits.max_connections {
+                None => 10_000,
+                Some(0) => return Err(self.err("limits.max_connections", "must be at least 1")),
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            },
+            max_h2_streams: match raw.limits.max_h2_streams {
+                None => 200,
+                Some(0) => return Err(self.err("limits.max_h2_streams", "must be at least 1")),
+                Some(n) => n,
+            },
+        };
+        let tls = raw
+            .tls
+            .as_ref()
+            .map(|t| self.listener_tls(t, listen))
+            .transpose()?;
+        let shutdown = Shutdown {
+            grace: self.duration(
+                "shutdown.grace",
+                raw.shutdown.grace.as_deref(),
+                Duration::from_secs(5),
+            )?,
+            timeout: self.duration(
+                "shutdown.timeout",
+                raw.shutdown.timeout.as_deref(),
+                Duration::from_secs(30),
+            )?,
         };
         let mut warnings = Vec::new();
+        for u in &upstreams {
+            if u.tls.as_ref().is_some_and(|t| t.insecure) {
+                warnings.push(self.err(
+                    &format!("upstreams.{}.tls.insecure_skip_verify", u.name),
+                    "is true: the origin's certificate is not verified (anyone on the path can impersonate it)",
+                ));
+            }
+        }
         if raw
             .store
             .redis
@@ -485,6 +610,121 @@ impl Validator {
                 Duration::from_secs(30),
             )?,
             warnings,
+            tls,
+            shutdown,
+        })
+    }
+
+    /// A duration greater than zero (a zero timeout would close every connection).
+    fn positive(
+        &self,
+        field: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(field, value, default)?;
+        if d.is_zero() {
+            return Err(self.err(field, "must be greater than 0"));
+        }
+        Ok(d)
+    }
+
+    /// A path from the config, relative to the config file's directory.
+    fn path(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        match self.file.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    fn listener_tls(
+        &self,
+        t: &raw::RawListenerTls,
+        plain: SocketAddr,
+    ) -> Result<ListenerTls, ConfigError> {
+        let listen = self.addr(
+            "tls.listen",
+            t.listen.as_deref().unwrap_or("127.0.0.1:8443"),
+        )?;
+        if listen == plain && listen.port() != 0 {
+            return Err(self.err(
+                "tls.listen",
+                format!("{listen} is also `listen`: give the TLS listener its own port"),
+            ));
+        }
+        let (cert_file, key_file) = (self.path(&t.cert_file), self.path(&t.key_file));
+        // Loaded here only to fail `check` and start-up early; the server loads its own.
+        crate::tls::server_config(&cert_file, &key_file)
+            .map_err(|e| self.err("tls.cert_file", e))?;
+        Ok(ListenerTls {
+            listen,
+            cert_file,
+            key_file,
+        })
+    }
+
+    fn upstream_tls(
+        &self,
+        name: &str,
+        authority: &Authority,
+        t: Option<&raw::RawUpstreamTls>,
+    ) -> Result<UpstreamTls, ConfigError> {
+        let f = |field: &str| format!("upstreams.{name}.tls.{field}");
+        let default = raw::RawUpstreamTls::default();
+        let t = t.unwrap_or(&default);
+        let ca_file = t.ca_file.as_deref().map(|p| self.path(p));
+        let identity = match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => Some((self.path(c), self.path(k))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.err(&f("client_cert"), "needs client_key beside it"))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(&f("client_key"), "needs client_cert beside it"))
+            }
+        };
+        let insecure = t.insecure_skip_verify.unwrap_or(false);
+        let options = crate::tls::ClientOptions {
+            ca_file: ca_file.as_deref(),
+            identity: identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            insecure_skip_verify: insecure,
+        };
+        let field = if identity.is_some() && ca_file.is_none() {
+            f("client_cert")
+        } else {
+            f("ca_file")
+        };
+        let client = crate::tls::client_config(&options).map_err(|e| self.err(&field, e))?;
+        let server_name = match &t.server_name {
+            None => None,
+            Some(n) => Some(
+                rustls::pki_types::ServerName::try_from(n.clone()).map_err(|_| {
+                    self.err(
+                        &f("server_name"),
+                        format!("{n:?} is not a DNS name or IP address"),
+                    )
+                })?,
+            ),
+        };
+        // The URL's host must itself be a valid TLS name unless server_name replaces it.
+        if server_name.is_none() {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            if rustls::pki_types::ServerName::try_from(host).is_err() {
+                return Err(self.err(
+                    &format!("upstreams.{name}.url"),
+                    format!("{host:?} is not a TLS server name; set tls.server_name"),
+                ));
+            }
+        }
+        Ok(UpstreamTls {
+            client: Arc::new(client),
+            server_name,
+            insecure,
+            client_auth: identity.is_some(),
         })
     }
 
@@ -553,11 +793,11 @@ impl Validator {
         let scheme = uri
             .scheme()
             .cloned()
-            .filter(|s| *s == Scheme::HTTP)
+            .filter(|s| *s == Scheme::HTTP || *s == Scheme::HTTPS)
             .ok_or_else(|| {
                 self.err(
                     &field,
-                    format!("{:?}: only http:// upstreams are supported", u.url),
+                    format!("{:?}: expected an http:// or https:// URL", u.url),
                 )
             })?;
         let authority = uri
@@ -567,7 +807,46 @@ impl Validator {
         if uri.query().is_some() {
             return Err(self.err(&field, format!("{:?} must not have a query", u.url)));
         }
+        let tls = if scheme == Scheme::HTTPS {
+            Some(self.upstream_tls(name, &authority, u.tls.as_ref())?)
+        } else if u.tls.is_some() {
+            return Err(self.err(
+                &format!("upstreams.{name}.tls"),
+                format!("applies to https:// upstreams only (url is {:?})", u.url),
+            ));
+        } else {
+            None
+        };
+        let http2 = match &u.http2 {
+            None => Http2::Auto,
+            Some(raw::RawHttp2::Bool(true)) => Http2::Always,
+            Some(raw::RawHttp2::Bool(false)) => Http2::Never,
+            Some(raw::RawHttp2::Word(w)) if w == "auto" => Http2::Auto,
+            Some(raw::RawHttp2::Word(w)) => {
+                return Err(self.err(
+                    &format!("upstreams.{name}.http2"),
+                    format!("{w:?} is not a choice (expected true, false or auto)"),
+                ))
+            }
+        };
+        let host = match &u.host {
+            None => None,
+            Some(h) => Some(
+                h.parse::<Authority>()
+                    .ok()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+                    .ok_or_else(|| {
+                        self.err(
+                            &format!("upstreams.{name}.host"),
+                            format!("{h:?} is not a host (expected e.g. api.example.com)"),
+                        )
+                    })?,
+            ),
+        };
         Ok(Upstream {
+            host,
+            http2,
+            tls,
             name: name.to_string(),
             scheme,
             authority,

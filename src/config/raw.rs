@@ -27,6 +27,25 @@ pub struct RawConfig {
     /// Peers (CIDRs) whose `X-Forwarded-*` headers are believed and extended.
     pub trusted_proxies: Option<Vec<String>>,
     pub routes: Vec<RawRoute>,
+    /// An HTTPS listener beside the plain `listen`.
+    pub tls: Option<RawListenerTls>,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub listen: Option<String>,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub grace: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -49,6 +68,28 @@ pub struct RawUpstream {
     pub url: String,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
+    /// The Host sent upstream instead of the URL's authority.
+    pub host: Option<String>,
+    /// `true`, `false` or `auto` (ALPN decides).
+    pub http2: Option<RawHttp2>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawHttp2 {
+    Bool(bool),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -69,6 +110,11 @@ pub struct RawDefaults {
 pub struct RawLimits {
     pub max_header_bytes: Option<String>,
     pub max_request_body: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+    pub max_h2_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]

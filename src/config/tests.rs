@@ -75,8 +75,8 @@ fn errors_name_line_column_and_field() {
         "routes.yaml:4:62: defaults.jitter: 2 is out of range (expected 0.0 to 0.5)",
     );
     check_err(
-        &GOOD.replace("http://127.0.0.1:3000/v1/", "https://127.0.0.1:3000"),
-        "routes.yaml:3:15: upstreams.api.url: \"https://127.0.0.1:3000\": only http:// upstreams are supported",
+        &GOOD.replace("http://127.0.0.1:3000/v1/", "ftp://127.0.0.1:3000"),
+        "routes.yaml:3:15: upstreams.api.url: \"ftp://127.0.0.1:3000\": expected an http:// or https:// URL",
     );
 }
 

@@ -124,7 +124,11 @@ fn peer_of(parts: &Parts) -> Peer {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0),
-        tls: false,
+        // The scheme the client really used: from the listener, never from a header.
+        tls: parts
+            .extensions
+            .get::<crate::conn::ConnectionInfo>()
+            .is_some_and(|c| c.tls),
     }
 }
 

@@ -1,42 +1,38 @@
 //! The upstream side: one pooled HTTP client per upstream, request and response header
 //! hygiene, and bounded body reads.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_rustls::{
+    FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream,
+};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
 use super::canonical::Forwarding;
-use crate::config::Upstream;
+use crate::config::{Http2, Upstream};
 use crate::error::ProxyError;
 
 /// Clients for every upstream, indexed like `Config::upstreams`.
 pub struct Origins {
-    upstreams: Vec<(Upstream, Client<HttpConnector, Body>)>,
+    upstreams: Vec<(Upstream, Client<Dial, Body>)>,
 }
 
 impl Origins {
     pub fn new(upstreams: &[Upstream]) -> Self {
-        let upstreams = upstreams
-            .iter()
-            .map(|u| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(u.connect_timeout));
-                connector.set_nodelay(true);
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(256)
-                    .build(connector);
-                (u.clone(), client)
-            })
-            .collect();
+        let upstreams = upstreams.iter().map(|u| (u.clone(), client(u))).collect();
         Origins { upstreams }
     }
 
@@ -49,14 +45,125 @@ impl Origins {
     pub async fn send(
         &self,
         index: usize,
-        req: Request<Body>,
+        mut req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let (upstream, client) = &self.upstreams[index];
+        if let Some(host) = &upstream.host {
+            with_host(&mut req, host);
+        }
+        // The reason names the upstream (for the log); the client only sees "origin
+        // unreachable" / "origin failed", never addresses or its own request.
+        let name = &upstream.name;
         match tokio::time::timeout(upstream.timeout, client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(error_chain(&e))),
-            Ok(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(format!(
+                "upstream {name}: {}",
+                error_chain(&e)
+            ))),
+            Ok(Err(e)) => Err(ProxyError::Upstream(format!(
+                "upstream {name}: {}",
+                error_chain(&e)
+            ))),
+        }
+    }
+}
+
+/// `upstreams.NAME.host`: the request names the override (HTTP/1.1 `Host` is derived
+/// from the URI by the client, HTTP/2 `:authority` is the URI's authority); `Dial`
+/// still connects to the URL's address, and TLS still checks the URL's host (or
+/// `tls.server_name`).
+fn with_host(req: &mut Request<Body>, host: &HeaderValue) {
+    let Ok(authority) = Authority::try_from(host.as_bytes()) else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.authority = Some(authority);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut().remove(header::HOST);
+}
+
+/// One pooled client per upstream: TLS for `https://`, HTTP/2 as `http2` says, idle
+/// connections (and HTTP/2 connections, multiplexed) reused.
+fn client(u: &Upstream) -> Client<Dial, Body> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(u.connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let transport = match &u.tls {
+        None => Transport::Plain(http),
+        Some(tls) => {
+            let builder = HttpsConnectorBuilder::new()
+                .with_tls_config((*tls.client).clone())
+                .https_only();
+            let builder = match tls.server_name.clone() {
+                Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+                None => builder,
+            };
+            Transport::Tls(match u.http2 {
+                Http2::Never => builder.enable_http1().wrap_connector(http),
+                Http2::Always => builder.enable_http2().wrap_connector(http),
+                Http2::Auto => builder.enable_all_versions().wrap_connector(http),
+            })
+        }
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        // Prior knowledge over http://; over https:// ALPN only offers h2 anyway.
+        .http2_only(u.http2 == Http2::Always)
+        .build(Dial {
+            transport,
+            scheme: u.scheme.clone(),
+            authority: u.authority.clone(),
+        })
+}
+
+/// Connects to the upstream's own address whatever authority the request names (the
+/// `host:` override), over TLS for `https://` upstreams.
+#[derive(Clone)]
+pub struct Dial {
+    transport: Transport,
+    scheme: Scheme,
+    authority: Authority,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Plain(HttpConnector),
+    Tls(HttpsConnector<HttpConnector>),
+}
+
+type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Dial {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match &mut self.transport {
+            Transport::Plain(c) => c.poll_ready(cx).map_err(Into::into),
+            Transport::Tls(c) => c.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let target = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or(uri);
+        match &mut self.transport {
+            Transport::Plain(c) => {
+                let connecting = c.call(target);
+                Box::pin(async move { Ok(MaybeHttpsStream::Http(connecting.await?)) })
+            }
+            Transport::Tls(c) => c.call(target),
         }
     }
 }

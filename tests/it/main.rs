@@ -5,10 +5,12 @@ mod support;
 
 mod cli;
 mod coalescing;
+mod drain;
 mod fleet;
 mod fleet_purge;
 mod forwarding;
 mod keys;
+mod limits;
 mod memory_bound;
 mod poisoning;
 mod purge;
@@ -28,3 +30,5 @@ mod rfc9213_targeted;
 mod stale;
 mod storability;
 mod telemetry;
+mod tls_listener;
+mod tls_origin;

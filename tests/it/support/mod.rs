@@ -3,10 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod edge;
 pub mod fleet;
 pub mod origin;
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 
 pub use origin::{Origin, Reply};
 pub use proxy::{Proxy, Resp};

@@ -55,7 +55,13 @@ pub struct AppState {
     runtime: ArcSwap<Runtime>,
     /// The file the config came from, for reloads (unset: started from a string).
     config_path: std::sync::OnceLock<std::path::PathBuf>,
+    /// What else a reload re-reads (the TLS listener's certificate), registered by the
+    /// layers that own it so this module does not depend on them.
+    reload_hooks: std::sync::Mutex<Vec<ReloadHook>>,
 }
+
+/// Called with each new config after it is swapped in; an error keeps what it reloads.
+pub type ReloadHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
 
 impl AppState {
     /// Builds the state with the store the config names.
@@ -69,6 +75,7 @@ impl AppState {
             cache: Cache::new(store, config.hit_for_miss),
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             config_path: std::sync::OnceLock::new(),
+            reload_hooks: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -79,6 +86,13 @@ impl AppState {
 
     pub fn config_path(&self) -> Option<&std::path::Path> {
         self.config_path.get().map(|p| p.as_path())
+    }
+
+    /// Registers something a reload must re-read besides the config.
+    pub fn on_reload(&self, hook: ReloadHook) {
+        if let Ok(mut hooks) = self.reload_hooks.lock() {
+            hooks.push(hook);
+        }
     }
 
     /// The config-derived state new requests use.
@@ -106,6 +120,13 @@ impl AppState {
         }
         if config.hit_for_miss != was.hit_for_miss {
             notes.push("defaults.hit_for_miss changed: needs a restart".to_string());
+        }
+        if let Ok(hooks) = self.reload_hooks.lock() {
+            for hook in hooks.iter() {
+                if let Err(e) = hook(&config) {
+                    notes.push(e);
+                }
+            }
         }
         self.runtime.store(Arc::new(Runtime::new(config)));
         notes

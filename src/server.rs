@@ -136,6 +136,14 @@ impl Listeners {
         let tls = match &config.tls {
             Some(t) => {
                 let certs = ServerTls::load(t).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+                // Certificates are re-read on every reload; a bad file keeps the old one.
+                let reloadable = certs.clone();
+                state.on_reload(Box::new(move |config| match &config.tls {
+                    Some(t) => reloadable.reload(t).map_err(|e| {
+                        format!("tls certificate not reloaded, the old one stays: {e}")
+                    }),
+                    None => Err("tls listener removed: needs a restart".to_string()),
+                }));
                 Some((TcpListener::bind(t.listen).await?, certs))
             }
             None => None,

@@ -95,3 +95,36 @@ fn a_missing_certificate_fails_check_with_the_field() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_proto_is_the_scheme_the_client_really_used() {
+    let certs = Certs::new();
+    let origin = Origin::start(|s| {
+        let proto = s
+            .headers
+            .get("x-forwarded-proto")
+            .map(|v| v.to_str().unwrap().to_string());
+        Reply::ok(format!("{proto:?}"))
+    })
+    .await;
+    let edge = Edge::start(&yaml(&origin.url(), &certs)).await;
+    let over_tls = https_client(&certs, true)
+        .get(edge.https("/p"))
+        .header("x-forwarded-proto", "http")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over_tls.text().await.unwrap(), "Some(\"https\")");
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = plain
+        .get(edge.http("/p"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "Some(\"http\")",
+        "a client cannot claim https"
+    );
+}

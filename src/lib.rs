@@ -16,12 +16,16 @@
 //!
 //! # Layout
 //! - `config`: `routes.yaml` in two stages (raw serde mirror, then validated `Config`).
-//! - `app`: shared state (`AppState`) and the proxy router.
+//! - `app`: `AppState` = the `cache::Cache` (lives across reloads) + the config-derived
+//!   `Runtime` (routes, upstream clients; swapped atomically), and the proxy router.
+//! - `reload`: SIGHUP, file changes and admin `POST /reload` re-read the config.
 //! - `server`: listeners (plain and TLS), connection limits, the layer stack, the drain.
 //! - `conn`: what a request knows of its connection (`ConnectionInfo`: peer, TLS).
 //! - `tls`: certificates and keys from PEM files, for the listener and HTTPS upstreams.
-//! - `proxy`: the request path: `route`, `key`, `fetch`, `origin`, `respond`, `refresh`.
-//! - `cache`: entries, pure policy, purge selectors, the single-flight lock, status enums
+//! - `proxy`: the request path: `canonical` (the one canonical request the key and the
+//!   upstream request come from), `route`, `key`, `fetch`, `origin`, `respond`,
+//!   `refresh`; `explain` (`cachegate key`).
+//! - `cache`: `Cache` (store + single flight + lease + hit-for-miss), entries, pure policy, purge selectors, the single-flight lock, status enums
 //!   and stores (memory; Redis with an L1 in front).
 //! - `admin`: health, readiness, metrics and purges.
 //! - `telemetry`: logs, OpenTelemetry traces and metric recorders.

@@ -8,6 +8,7 @@ mod coalescing;
 mod fleet;
 mod fleet_purge;
 mod forwarding;
+mod key_properties;
 mod keys;
 mod purge;
 mod redis_store;

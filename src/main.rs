@@ -37,6 +37,14 @@ enum Command {
     Check,
     /// Run a demo origin on 127.0.0.1:3000 and the proxy in front of it.
     Demo,
+    /// Show the route, the cache key and the exact request the origin would receive
+    /// for a GET of URL (a path with query, or an absolute URL naming the host).
+    Key {
+        url: String,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
     /// Run the load-test origin (configurable delay, body size, Cache-Control).
     Origin {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -97,6 +105,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(&cli.config).await,
+        Command::Key { url, headers } => {
+            let config = Config::load(&cli.config, &Overrides::from_env())?;
+            let mut parsed = Vec::new();
+            for h in &headers {
+                let (name, value) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("-H {h:?}: expected 'Name: value'"))?;
+                parsed.push((name.trim().to_string(), value.trim().to_string()));
+            }
+            let client = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let text = cachegate::proxy::explain::describe(&config, &url, &parsed, client)
+                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Demo => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
             tracing::info!("demo origin listening on 127.0.0.1:3000");

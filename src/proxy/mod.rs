@@ -2,6 +2,7 @@
 //! flight -> `fetch` (origin -> policy -> store) -> `respond`.
 
 pub mod canonical;
+pub mod explain;
 mod fetch;
 pub mod key;
 pub mod origin;

@@ -114,3 +114,59 @@ fn unsafe_kill_term(pid: u32) {
         .unwrap();
     assert!(ok.success());
 }
+
+#[test]
+fn key_shows_the_key_and_the_exact_upstream_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        "upstreams:\n  api: { url: \"http://127.0.0.1:3000/v1\" }\nroutes:\n  - path: /users/{id}\n    upstream: api\n    key: { headers: [x-api-version], query_ignore: [utm_*] }\n",
+    )
+    .unwrap();
+    let key = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["key", "--config"])
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = key(&[
+        "http://API.example.com/users/4%32?b=2&utm_source=x&a=%7E",
+        "-H",
+        "X-Api-Version: 3",
+        "-H",
+        "Cookie: session=1",
+        "-H",
+        "X-Forwarded-Host: evil.example",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("route:    /users/{id} (upstream api, cached)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("key:      /users/{id}|id=42|a=~&b=2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upstream: GET http://127.0.0.1:3000/v1/users/42?a=~&b=2"),
+        "{text}"
+    );
+    assert!(text.contains("  x-api-version: 3"), "{text}");
+    assert!(
+        text.contains("  x-forwarded-host: api.example.com"),
+        "{text}"
+    );
+    assert!(!text.contains("cookie") && !text.contains("evil"), "{text}");
+
+    let out = key(&["/users/../../x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("400"));
+}

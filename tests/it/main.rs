@@ -10,6 +10,7 @@ mod fleet_purge;
 mod forwarding;
 mod key_properties;
 mod keys;
+mod poisoning;
 mod purge;
 mod redis_store;
 mod redis_tls;

@@ -9,6 +9,7 @@ mod drain;
 mod fleet;
 mod fleet_purge;
 mod forwarding;
+mod key_properties;
 mod keys;
 mod limits;
 mod memory_bound;

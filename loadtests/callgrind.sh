@@ -24,6 +24,7 @@ upstreams:
   origin: { url: "http://127.0.0.1:$OPORT", timeout: 10s }
 defaults: { ttl: 3600s, jitter: 0 }
 store: { memory: { max_size: 256MiB } }
+${EXTRA_YAML:-}
 routes:
   - path: /{*rest}
     upstream: origin

@@ -455,6 +455,18 @@ pub static FORWARDED_VARIANT: [HeaderName; 2] = [
     HeaderName::from_static("x-forwarded-proto"),
 ];
 
+/// The request headers a route honours in `Vary`, and so forwards on the cache path: its
+/// `vary:` list, or the negotiation headers.
+pub fn honoured_vary(route: &Route) -> Vec<HeaderName> {
+    match &route.policy.vary_allow {
+        Some(names) => names
+            .iter()
+            .filter_map(|n| HeaderName::try_from(n.as_str()).ok())
+            .collect(),
+        None => NEGOTIATION_HEADERS.to_vec(),
+    }
+}
+
 /// The end-to-end request headers the origin sees on the cache path (GET and HEAD of a
 /// cached route), before cachegate adds `X-Forwarded-For`, `Via`, trace context and
 /// validators. Only what can select a variant is here, each value normalised as variant
@@ -471,13 +483,7 @@ pub fn cache_headers(client: &HeaderMap, route: &Route, fwd: &Forwarding) -> Hea
             out.insert(name.clone(), v);
         }
     };
-    match &route.policy.vary_allow {
-        Some(names) => names
-            .iter()
-            .filter_map(|n| HeaderName::try_from(n.as_str()).ok())
-            .for_each(|n| put(&n)),
-        None => NEGOTIATION_HEADERS.iter().for_each(&mut put),
-    }
+    honoured_vary(route).iter().for_each(&mut put);
     route.key.headers.iter().for_each(&mut put);
     if let Some(auth) = client.get(header::AUTHORIZATION) {
         out.insert(header::AUTHORIZATION, auth.clone());

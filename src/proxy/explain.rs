@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::body::Body;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use super::canonical::{self, EdgePolicy, Peer, FORWARDED_VARIANT, NEGOTIATION_HEADERS};
+use super::canonical::{self, EdgePolicy, Peer, FORWARDED_VARIANT};
 use super::origin;
 use super::route::RouteTable;
 use crate::cache::entry::vary_values;
@@ -76,13 +76,7 @@ pub fn describe(
         let _ = writeln!(out, "key:      {key}");
         // Every header a response's Vary could select, as the variant would record it.
         let mut names: Vec<HeaderName> = FORWARDED_VARIANT.to_vec();
-        let vary: Vec<HeaderName> = match &route.policy.vary_allow {
-            Some(list) => list
-                .iter()
-                .filter_map(|n| HeaderName::try_from(n.as_str()).ok())
-                .collect(),
-            None => NEGOTIATION_HEADERS.to_vec(),
-        };
+        let vary = canonical::honoured_vary(route);
         for n in route.key.headers.iter().chain(&vary) {
             if !names.contains(n) {
                 names.push(n.clone());

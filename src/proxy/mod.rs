@@ -58,7 +58,6 @@ pub struct Inbound {
     /// The config this request started with; it finishes on it across a reload.
     pub rt: Arc<Runtime>,
     pub parts: Parts,
-    pub client: Option<SocketAddr>,
     pub fwd: Forwarding,
     pub upstream: UpstreamRequest,
 }
@@ -87,18 +86,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let span = crate::telemetry::request_span(&parts.method, &route.template, &parts.headers);
     let access = crate::telemetry::access_start(rt.config.log.access, &parts, peer.addr);
     async {
-        let (mut resp, status) = dispatch(
-            &state,
-            &rt,
-            route,
-            &matched.params,
-            path,
-            fwd,
-            parts,
-            peer,
-            body,
-        )
-        .await;
+        let (mut resp, status) =
+            dispatch(&state, &rt, route, &matched.params, path, fwd, parts, body).await;
         // Targeted fields are for caches, not for clients (RFC 9213 §2).
         for field in route.policy.targets.own_fields() {
             resp.headers_mut().remove(field);
@@ -142,7 +131,6 @@ async fn dispatch(
     path: String,
     fwd: Forwarding,
     mut parts: Parts,
-    peer: Peer,
     body: Body,
 ) -> (Response, CacheStatus) {
     let cache_path = route.cache && (parts.method == Method::GET || parts.method == Method::HEAD);
@@ -155,7 +143,6 @@ async fn dispatch(
         let inbound = Inbound {
             rt: rt.clone(),
             parts,
-            client: peer.addr,
             fwd,
             upstream: UpstreamRequest {
                 path_and_query,
@@ -208,7 +195,6 @@ async fn dispatch(
     let inbound = Inbound {
         rt: rt.clone(),
         parts,
-        client: peer.addr,
         fwd,
         upstream,
     };

@@ -30,7 +30,6 @@ pub fn spawn(
     let inbound = Inbound {
         rt: inbound.rt.clone(),
         parts: cache_request(inbound),
-        client: inbound.client,
         fwd: inbound.fwd.clone(),
         upstream: inbound.upstream.clone(),
     };

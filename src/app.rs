@@ -1,17 +1,17 @@
-//! Shared state and the proxy router.
+//! The process's state: what survives a reload (`AppState`) and what a reload
+//! replaces (`Runtime`).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use axum::Router;
 
 use crate::cache::store::{self, Store};
-use crate::cache::Cache;
+use crate::cache::{Cache, Shared};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::proxy::origin::Origins;
 use crate::proxy::route::RouteTable;
-use crate::proxy::{self, canonical, key, Shared};
+use crate::proxy::{canonical, key};
 
 /// Everything derived from the config: swapped whole, atomically, on reload. A request
 /// holds the `Arc<Runtime>` it started with until it finishes, so in-flight requests
@@ -169,9 +169,4 @@ impl AppState {
             self.cache.invalidate(&key).await;
         }
     }
-}
-
-/// The proxy router: every path and method goes to the cache path.
-pub fn app(state: Arc<AppState>) -> Router {
-    Router::new().fallback(proxy::handle).with_state(state)
 }

@@ -30,7 +30,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::admin::Readiness;
-use crate::app::{app, AppState};
+use crate::app::AppState;
 use crate::config::{Limits, ListenerTls};
 use crate::conn::ConnectionInfo;
 use crate::error::ProxyError;
@@ -49,7 +49,7 @@ use crate::error::ProxyError;
 /// streams) are not layers: `serve` applies them per connection.
 pub fn router(state: Arc<AppState>) -> Router {
     let limits = state.runtime().config.limits.clone();
-    layered(app(state), limits)
+    layered(crate::proxy::router(state), limits)
 }
 
 /// The stack `router` draws, around any inner router (tests wrap their own).

@@ -7,18 +7,34 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 
 use super::entry::alloc;
 use super::lock::Locks;
 use super::purge::{Mode, Selector};
 use super::store::{self, Lease, Store, StoreError};
 use super::CacheEntry;
+use crate::error::ProxyError;
 
 /// Hit-for-miss remembers keys, not responses; bounded by bytes (about 13,000 keys of
 /// 100 bytes) so a flood of distinct uncacheable URLs cannot grow it. Part of the fixed
 /// baseline beside `max_size` (README, "Sizing memory").
 const HIT_FOR_MISS_BYTES: u64 = 8 << 20;
+
+/// What a fetch leader hands to the requests that waited for it.
+#[derive(Clone, Debug)]
+pub enum Shared {
+    /// A storable response: every waiter answers from it.
+    Entry(Arc<CacheEntry>, StatusCode),
+    /// Not storable (private, too large, ...): waiters go to the origin themselves.
+    Uncacheable,
+    /// The origin failed. Waiters serve their stale copy if they may; otherwise they
+    /// retry the origin when it answered (a 5xx) or return the error when it did not.
+    Failed {
+        fwd_status: Option<StatusCode>,
+        error: ProxyError,
+    },
+}
 
 /// Who fetches a key, fleet-wide.
 #[derive(Debug, Clone, PartialEq, Eq)]

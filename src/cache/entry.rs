@@ -8,10 +8,26 @@ use http::header::{ACCEPT_ENCODING, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_cache_semantics::CachePolicy;
 
-use super::policy::Lifetimes;
-
 /// How long past its soft TTL an entry with validators is kept for revalidation.
 pub const REVALIDATION_TAIL: Duration = Duration::from_secs(600);
+
+/// How long a stored response may be used, measured from `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Served as a hit without asking the origin.
+    pub fresh: Duration,
+    /// After `fresh`: served stale at once while one background refresh runs.
+    pub stale: Duration,
+    /// After `fresh`: served stale when the origin fails.
+    pub stale_if_error: Duration,
+}
+
+impl Lifetimes {
+    /// How long the store must keep the entry.
+    pub fn keep(&self) -> Duration {
+        self.fresh + self.stale.max(self.stale_if_error)
+    }
+}
 
 /// One stored variant of a cache key.
 #[derive(Debug, Clone)]

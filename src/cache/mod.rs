@@ -9,6 +9,6 @@ pub mod purge;
 pub mod status;
 pub mod store;
 
-pub use access::{Cache, FetchRight};
+pub use access::{Cache, FetchRight, Shared};
 pub use entry::CacheEntry;
 pub use status::{CacheStatus, Detail, Fwd};

@@ -11,6 +11,7 @@ use http::header::{
 use http::{HeaderMap, HeaderName, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
+pub use super::entry::Lifetimes;
 use super::status::Detail;
 
 /// What a route says about caching, validated from `routes.yaml`.
@@ -434,24 +435,6 @@ pub fn reuse(
                 Reuse::Revalidate
             }
         }
-    }
-}
-
-/// How long a stored response may be used, measured from `now`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lifetimes {
-    /// Served as a hit without asking the origin.
-    pub fresh: Duration,
-    /// After `fresh`: served stale at once while one background refresh runs.
-    pub stale: Duration,
-    /// After `fresh`: served stale when the origin fails.
-    pub stale_if_error: Duration,
-}
-
-impl Lifetimes {
-    /// How long the store must keep the entry.
-    pub fn keep(&self) -> Duration {
-        self.fresh + self.stale.max(self.stale_if_error)
     }
 }
 

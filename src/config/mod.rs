@@ -18,8 +18,9 @@ use locate::Locations;
 use raw::RawConfig;
 
 use crate::cache::policy::{ClientNoCache, RoutePolicy, Targets};
-use crate::proxy::canonical::{self, EdgePolicy};
+use crate::proxy::edge::{self, EdgePolicy};
 use crate::proxy::key::{KeySpec, NamePattern, QuerySpec};
+use crate::proxy::uri;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -467,7 +468,7 @@ impl Validator {
                 Some(names) => {
                     let mut canon = Vec::new();
                     for (j, n) in names.iter().enumerate() {
-                        canon.push(canonical::query_name(n).map_err(|_| {
+                        canon.push(uri::query_name(n).map_err(|_| {
                             self.err(
                                 &f(&format!("key.query[{j}]")),
                                 format!("{n:?} is not a query parameter name"),
@@ -480,7 +481,7 @@ impl Validator {
             let mut query_ignore = Vec::new();
             for (j, n) in r.key.query_ignore.iter().enumerate() {
                 let bare = n.strip_suffix('*').unwrap_or(n);
-                let canon = canonical::query_name(bare)
+                let canon = uri::query_name(bare)
                     .ok()
                     .filter(|c| !c.is_empty() && !c.contains('*'))
                     .ok_or_else(|| {
@@ -749,7 +750,7 @@ impl Validator {
                 Some(rest) => (true, rest),
                 None => (false, h.as_str()),
             };
-            let normal = canonical::normalize_host(name, "http")
+            let normal = edge::normalize_host(name, "http")
                 .ok()
                 .filter(|n| !n.contains(':') || n.starts_with('['))
                 .ok_or_else(|| {

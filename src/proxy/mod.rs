@@ -2,6 +2,7 @@
 //! flight -> `fetch` (origin -> policy -> store) -> `respond`.
 
 pub mod canonical;
+pub mod edge;
 pub mod explain;
 mod fetch;
 pub mod key;
@@ -9,6 +10,7 @@ pub mod origin;
 pub mod refresh;
 pub mod respond;
 pub mod route;
+pub mod uri;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,20 +36,7 @@ use crate::config::Route;
 use crate::error::ProxyError;
 use canonical::{Forwarding, Peer, UpstreamRequest};
 
-/// What a fetch leader hands to the requests that waited for it.
-#[derive(Clone, Debug)]
-pub enum Shared {
-    /// A storable response: every waiter answers from it.
-    Entry(Arc<CacheEntry>, StatusCode),
-    /// Not storable (private, too large, ...): waiters go to the origin themselves.
-    Uncacheable,
-    /// The origin failed. Waiters serve their stale copy if they may; otherwise they
-    /// retry the origin when it answered (a 5xx) or return the error when it did not.
-    Failed {
-        fwd_status: Option<StatusCode>,
-        error: ProxyError,
-    },
-}
+pub use crate::cache::Shared;
 
 pub use fetch::{cache_request, fetch, Fetched};
 
@@ -60,6 +49,11 @@ pub struct Inbound {
     pub parts: Parts,
     pub fwd: Forwarding,
     pub upstream: UpstreamRequest,
+}
+
+/// The proxy router: every path and method goes to `handle`.
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(state)
 }
 
 /// The axum handler for every proxied request.

@@ -15,7 +15,7 @@ pub struct Locations {
 impl Locations {
     pub fn index(source: &str) -> Self {
         let mut recv = Recorder::default();
-        // A syntax error is reported by serde_yaml with its own location; the index is
+        // A syntax error is reported by yaml_serde with its own location; the index is
         // then simply incomplete.
         let _ = Parser::new_from_str(source).load(&mut recv, false);
         Locations {

@@ -228,7 +228,7 @@ impl Config {
     /// Validates `source`, naming `file` in errors.
     pub fn parse(source: &str, file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let raw: RawConfig = {
-            let de = serde_yaml::Deserializer::from_str(source);
+            let de = yaml_serde::Deserializer::from_str(source);
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let field = e.path().to_string();
                 let inner = e.into_inner();
@@ -237,7 +237,7 @@ impl Config {
                 if let Some(cut) = message.rfind(" at line ") {
                     message.truncate(cut);
                 }
-                // serde_yaml prefixes its own (shorter) path; ours is more precise.
+                // yaml_serde prefixes its own (shorter) path; ours is more precise.
                 if let Some((prefix, rest)) = message.split_once(": ") {
                     if !prefix.contains(' ') && field.starts_with(prefix) {
                         message = rest.to_string();

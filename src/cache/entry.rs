@@ -49,6 +49,9 @@ pub struct CacheEntry {
     pub vary: Vec<(HeaderName, Option<String>)>,
     /// Surrogate keys (`Surrogate-Key`, `Cache-Tag`) for purges by tag.
     pub tags: Vec<String>,
+    /// What the origin exchange that produced it took (request to last body byte): the
+    /// `delta` of early refresh (`policy::refresh_early`). Zero when not measured.
+    pub fetch_time: Duration,
     /// Heap bytes held (see `weight`), measured once when the entry is built. Private, so
     /// every entry comes from `new` or `decode`, which own compact copies of their parts.
     heap: usize,
@@ -102,9 +105,16 @@ impl CacheEntry {
             error_until: fresh_until + lifetimes.stale_if_error,
             vary,
             tags,
+            fetch_time: Duration::ZERO,
             heap: 0,
         }
         .measured()
+    }
+
+    /// The entry with the measured cost of the exchange that produced it.
+    pub fn with_fetch_time(mut self, took: Duration) -> Self {
+        self.fetch_time = took;
+        self
     }
 
     pub fn freshness(&self, now: SystemTime) -> Freshness {
@@ -347,7 +357,7 @@ mod tests {
 
 /// The stored-bytes format version. It is also part of the Redis key namespace
 /// (`{prefix}v1:`), so a build with a new format never reads an old one's bytes.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Everything but the body, in postcard. The body follows raw: it is most of the bytes
 /// and needs no framing beyond "the rest".
@@ -364,6 +374,7 @@ struct WireHead<'a> {
     error_until: (u64, u32),
     vary: Vec<(&'a str, Option<&'a str>)>,
     tags: &'a [String],
+    fetch_micros: u64,
     /// Lets `decode` tell a truncated value from a short body.
     body_len: u64,
 }
@@ -379,6 +390,7 @@ struct WireHeadOwned {
     error_until: (u64, u32),
     vary: Vec<(String, Option<String>)>,
     tags: Vec<String>,
+    fetch_micros: u64,
     body_len: u64,
 }
 
@@ -416,6 +428,7 @@ pub fn encode(entry: &CacheEntry) -> Vec<u8> {
             .map(|(k, v)| (k.as_str(), v.as_deref()))
             .collect(),
         tags: &entry.tags,
+        fetch_micros: u64::try_from(entry.fetch_time.as_micros()).unwrap_or(u64::MAX),
         body_len: entry.body.len() as u64,
     };
     // Serializing plain data into a Vec cannot fail; an empty head would decode as None.
@@ -468,6 +481,7 @@ pub fn decode(bytes: &[u8]) -> Option<CacheEntry> {
             error_until: from_wire_time(head.error_until)?,
             vary,
             tags: head.tags,
+            fetch_time: Duration::from_micros(head.fetch_micros),
             heap: 0,
         }
         .measured(),

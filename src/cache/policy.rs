@@ -19,6 +19,13 @@ use super::status::Detail;
 pub struct RoutePolicy {
     /// Soft TTL when the origin gives no freshness. Zero: the route adds none.
     pub ttl: Duration,
+    /// Soft TTL of a 404 or 410 when the origin gives no freshness (instead of `ttl`), so
+    /// a missing id is not remembered as long as a found one. Zero: not stored unless the
+    /// origin gives freshness.
+    pub negative_ttl: Duration,
+    /// XFetch's beta (`early_refresh: { beta }`): hits on a fresh entry refresh it early,
+    /// with a probability that grows as its expiry nears (`refresh_early`). None: off.
+    pub early_refresh: Option<f64>,
     /// Window after the soft TTL in which a stale copy is served while one refresh runs.
     pub stale: Duration,
     /// Window after the soft TTL in which a stale copy answers an origin failure.
@@ -89,6 +96,8 @@ impl Default for RoutePolicy {
     fn default() -> Self {
         RoutePolicy {
             ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            early_refresh: None,
             stale: Duration::from_secs(300),
             stale_if_error: Duration::from_secs(3600),
             jitter: 0.1,
@@ -653,6 +662,9 @@ pub fn decide(
             policy.time_to_live(now),
             -route.jitter * jitter_sample.abs(),
         )
+    } else if matches!(status, 404 | 410) {
+        // A missing resource is remembered briefly: it may be created any moment.
+        scale(route.negative_ttl, route.jitter * jitter_sample)
     } else if route.ttl > Duration::ZERO {
         scale(route.ttl, route.jitter * jitter_sample)
     } else {
@@ -686,6 +698,19 @@ pub fn decide(
         return DoNotStore(Detail::NoFreshness);
     }
     Storability::Store(lifetimes)
+}
+
+/// XFetch (Vattani, Chierichetti and Lowenstein, "Optimal Probabilistic Cache Stampede
+/// Prevention", VLDB 2015): whether a hit on a fresh entry refreshes it now. `delta` is
+/// what fetching it cost, `left` its remaining freshness, `sample` uniform in (0, 1].
+/// Refreshes when `delta * beta * -ln(sample) >= left`: almost never while much time is
+/// left, ever more likely as expiry nears, and earlier for entries that are slow to fetch.
+pub fn refresh_early(delta: Duration, left: Duration, beta: f64, sample: f64) -> bool {
+    if delta.is_zero() || beta <= 0.0 {
+        return false;
+    }
+    let sample = sample.clamp(f64::MIN_POSITIVE, 1.0);
+    delta.as_secs_f64() * beta * -sample.ln() >= left.as_secs_f64()
 }
 
 fn scale(d: Duration, by: f64) -> Duration {
@@ -980,7 +1005,8 @@ mod tests {
             check(&r, &[], 302, &[("cache-control", "max-age=9")]),
             store(9, 120, 3600)
         );
-        assert_eq!(check(&r, &[], 404, &[]), store(30, 120, 3600));
+        // A 404 is heuristically cacheable; without freshness it gets `negative_ttl`.
+        assert_eq!(check(&r, &[], 404, &[]), store(10, 120, 3600));
     }
 
     #[test]
@@ -1124,5 +1150,70 @@ mod tests {
         ] {
             assert_eq!(read(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn not_found_and_gone_get_the_negative_ttl_when_the_origin_gives_none() {
+        let r = RoutePolicy {
+            negative_ttl: Duration::from_secs(10),
+            ..route()
+        };
+        for status in [404, 410] {
+            match check(&r, &[], status, &[]) {
+                Storability::Store(l) => assert_eq!(l.fresh, Duration::from_secs(10), "{status}"),
+                other => panic!("{status}: {other:?}"),
+            }
+            // The origin's own freshness wins, as for any status.
+            match check(&r, &[], status, &[("cache-control", "max-age=100")]) {
+                Storability::Store(l) => assert_eq!(l.fresh, Duration::from_secs(100), "{status}"),
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        // Other statuses keep the route's ttl.
+        for status in [200, 301, 405] {
+            match check(&r, &[], status, &[]) {
+                Storability::Store(l) => assert_eq!(l.fresh, Duration::from_secs(30), "{status}"),
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        let off = RoutePolicy {
+            negative_ttl: Duration::ZERO,
+            stale: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            ..route()
+        };
+        assert!(matches!(
+            check(&off, &[], 404, &[]),
+            Storability::DoNotStore(_)
+        ));
+    }
+
+    #[test]
+    fn early_refresh_grows_likelier_as_expiry_nears() {
+        let delta = Duration::from_millis(100);
+        let rate = |left_ms: u64| {
+            let n = 10_000;
+            (1..=n)
+                .filter(|i| {
+                    let sample = *i as f64 / n as f64;
+                    refresh_early(delta, Duration::from_millis(left_ms), 1.0, sample)
+                })
+                .count() as f64
+                / n as f64
+        };
+        // P(refresh) = exp(-left / (delta * beta)).
+        for (left, want) in [(0, 1.0), (100, (-1.0f64).exp()), (300, (-3.0f64).exp())] {
+            assert!(
+                (rate(left) - want).abs() < 0.01,
+                "{left}ms: {} vs {want}",
+                rate(left)
+            );
+        }
+        assert!(rate(2000) < 0.001);
+        // Without a measured fetch time, or with beta 0, never early.
+        assert!(!refresh_early(Duration::ZERO, Duration::ZERO, 1.0, 0.5));
+        assert!(!refresh_early(delta, Duration::ZERO, 0.0, 0.5));
+        // A sample of 0 (outside the open interval) is read as the smallest positive one.
+        assert!(refresh_early(delta, Duration::from_secs(1), 1.0, 0.0));
     }
 }

@@ -379,8 +379,19 @@ impl Validator {
                 format!("{jitter} is out of range (expected 0.0 to 0.5)"),
             ));
         }
+        let default_ttl =
+            self.duration("defaults.ttl", d.ttl.as_deref(), Duration::from_secs(60))?;
+        // Unset, a 404 is kept 10 s, never longer than a found resource would be.
+        let default_negative = d
+            .negative_ttl
+            .as_deref()
+            .map(|v| self.duration("defaults.negative_ttl", Some(v), Duration::ZERO))
+            .transpose()?;
         let defaults = RoutePolicy {
-            ttl: self.duration("defaults.ttl", d.ttl.as_deref(), Duration::from_secs(60))?,
+            ttl: default_ttl,
+            negative_ttl: default_negative
+                .unwrap_or_else(|| default_ttl.min(Duration::from_secs(10))),
+            early_refresh: None,
             stale: self.duration(
                 "defaults.stale",
                 d.stale.as_deref(),
@@ -431,8 +442,29 @@ impl Validator {
                         ),
                     )
                 })?;
+            let ttl = self.duration(&f("ttl"), r.ttl.as_deref(), defaults.ttl)?;
+            let negative_ttl = match (r.negative_ttl.as_deref(), default_negative) {
+                (Some(v), _) => self.duration(&f("negative_ttl"), Some(v), Duration::ZERO)?,
+                (None, Some(d)) => d,
+                (None, None) => ttl.min(Duration::from_secs(10)),
+            };
+            let early_refresh = match &r.early_refresh {
+                None => None,
+                Some(e) => {
+                    let beta = e.beta.unwrap_or(1.0);
+                    if !(beta.is_finite() && beta > 0.0 && beta <= 10.0) {
+                        return Err(self.err(
+                            &f("early_refresh.beta"),
+                            format!("{beta} is out of range (expected more than 0, at most 10; 1.0 is the usual value)"),
+                        ));
+                    }
+                    Some(beta)
+                }
+            };
             let policy = RoutePolicy {
-                ttl: self.duration(&f("ttl"), r.ttl.as_deref(), defaults.ttl)?,
+                ttl,
+                negative_ttl,
+                early_refresh,
                 stale: self.duration(&f("stale"), r.stale.as_deref(), defaults.stale)?,
                 stale_if_error: self.duration(
                     &f("stale_if_error"),

@@ -96,6 +96,7 @@ pub struct RawUpstreamTls {
 #[serde(deny_unknown_fields)]
 pub struct RawDefaults {
     pub ttl: Option<String>,
+    pub negative_ttl: Option<String>,
     pub stale: Option<String>,
     pub stale_if_error: Option<String>,
     pub jitter: Option<f64>,
@@ -167,6 +168,9 @@ pub struct RawRoute {
     pub upstream: String,
     pub cache: Option<bool>,
     pub ttl: Option<String>,
+    pub negative_ttl: Option<String>,
+    /// Probabilistic early refresh of hot keys (XFetch).
+    pub early_refresh: Option<RawEarlyRefresh>,
     pub stale: Option<String>,
     pub stale_if_error: Option<String>,
     pub override_origin: Option<bool>,
@@ -180,6 +184,12 @@ pub struct RawRoute {
     pub key: RawKey,
     /// Request headers never forwarded on this route.
     pub strip_headers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEarlyRefresh {
+    pub beta: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -43,6 +43,8 @@ pub async fn fetch(
     fwd: Fwd,
 ) -> Fetched {
     let upstream = inbound.rt.origins.upstream(route.upstream);
+    // What this exchange costs the origin, stored with the entry for early refresh.
+    let started = std::time::Instant::now();
     let sent = send_for_cache(route, inbound, stale.as_deref()).await;
     let now = SystemTime::now();
     let mut status = with_key(CacheStatus::forward(fwd), route, key);
@@ -86,7 +88,7 @@ pub async fn fetch(
                 return origin_failed(route, inbound, Some(old), now, fwd_status, error, status);
             }
             let (renewed, storability) = renew(route, old, &request_parts, &parts, now);
-            let renewed = Arc::new(renewed);
+            let renewed = Arc::new(renewed.with_fetch_time(started.elapsed()));
             let shared = match storability {
                 Storability::Store(_) => {
                     status.ttl = Some(renewed.ttl_secs(now));
@@ -166,15 +168,18 @@ pub async fn fetch(
             parts.headers.remove(&name);
         }
     }
-    let entry = Arc::new(CacheEntry::new(
-        parts.status,
-        parts.headers,
-        body,
-        policy,
-        now,
-        lifetimes,
-        vary_values(&inbound.upstream.headers, &vary),
-    ));
+    let entry = Arc::new(
+        CacheEntry::new(
+            parts.status,
+            parts.headers,
+            body,
+            policy,
+            now,
+            lifetimes,
+            vary_values(&inbound.upstream.headers, &vary),
+        )
+        .with_fetch_time(started.elapsed()),
+    );
     status.stored = state.cache.store_entry(key, entry.clone()).await;
     if !status.stored {
         status.detail = Some(Detail::StoreError);

@@ -233,6 +233,7 @@ async fn lookup_or_fetch(
         let show = |s: CacheStatus| with_key(s, route, key);
         match policy::reuse(entry, &client_cc, &route.policy, now) {
             Reuse::Fresh => {
+                refresh::maybe_early(state, route, key, entry, &inbound, now);
                 let status = show(CacheStatus::hit(entry.ttl_secs(now)));
                 return (respond_entry(entry, &inbound, now, &status), status);
             }

@@ -1,28 +1,58 @@
 //! Stale-while-revalidate: the request that finds a stale entry answers at once; the
 //! key's single-flight permit moves into a spawned task that revalidates it, detached
-//! from any client and bounded by its own timeout.
+//! from any client and bounded by its own timeout. With `early_refresh`, a hit on a
+//! fresh entry may start the same refresh before the entry goes stale (XFetch).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tracing::Instrument;
 
 use crate::app::AppState;
+use crate::cache::policy;
 use crate::cache::FetchRight;
 use crate::cache::{CacheEntry, Fwd};
 use crate::config::Route;
 
 use super::{cache_request, fetch, Inbound, Shared};
 
-/// Starts a background refresh of `key` unless one (or a miss fetch) is already running.
+/// On a hit of a fresh entry: with the route's `early_refresh`, refreshes it now with
+/// XFetch's probability (`policy::refresh_early`), through the same single refresh per
+/// key (and fleet lease) as a stale entry, so a hot key is renewed before it goes stale.
+pub fn maybe_early(
+    state: &Arc<AppState>,
+    route: &Arc<Route>,
+    key: &str,
+    entry: &Arc<CacheEntry>,
+    inbound: &Inbound,
+    now: SystemTime,
+) {
+    let Some(beta) = route.policy.early_refresh else {
+        return;
+    };
+    let left = entry.fresh_until.duration_since(now).unwrap_or_default();
+    // `1 - [0, 1)` is uniform in (0, 1], the interval XFetch's logarithm needs.
+    let sample = 1.0 - rand::random::<f64>();
+    if !policy::refresh_early(entry.fetch_time, left, beta, sample) {
+        return;
+    }
+    if spawn(state, route, key, entry.clone(), inbound) {
+        let label = metrics::SharedString::from(Arc::clone(&route.template));
+        metrics::counter!("cachegate_early_refreshes_total", "route" => label).increment(1);
+    }
+}
+
+/// Starts a background refresh of `key` unless one (or a miss fetch) is already running;
+/// whether it started one.
 pub fn spawn(
     state: &Arc<AppState>,
     route: &Arc<Route>,
     key: &str,
     stale: Arc<CacheEntry>,
     inbound: &Inbound,
-) {
+) -> bool {
     let Some(permit) = state.cache.locks.try_lock(key) else {
-        return;
+        return false;
     };
     let state = state.clone();
     let route = route.clone();
@@ -79,4 +109,5 @@ pub fn spawn(
         }
         .instrument(span),
     );
+    true
 }

@@ -290,8 +290,13 @@ async fn cluster_purge_by_tag_reaches_keys_on_every_master() {
         fleet[i % 3].0.get(path).await;
     }
     fleet[0].0.get("/misc").await;
-    let entries =
-        |m: &RedisServer| m.cli(&["--scan", "--pattern", "cachegate:v1:*:e:/{\\*rest}|rest=k*"]);
+    let entries = |m: &RedisServer| {
+        m.cli(&[
+            "--scan",
+            "--pattern",
+            &crate::support::redis::ns("*:e:/{\\*rest}|rest=k*"),
+        ])
+    };
     for m in &cluster.masters {
         assert!(
             !entries(m).is_empty(),

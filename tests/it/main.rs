@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod coalescing;
 mod drain;
+mod early_refresh;
 mod fleet;
 mod fleet_purge;
 mod forwarding;

@@ -78,9 +78,10 @@ async fn single_node_round_trip_with_variants_and_invalidation() {
     let redis = RedisServer::start();
     round_trip(&redis.store_yaml(TIMEOUT, L1)).await;
     // Everything of one cache key shares one hash tag, in the versioned namespace.
-    let keys = redis.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
+    let keys = redis.cli(&["--scan", "--pattern", &crate::support::redis::ns("*")]);
     assert!(
-        keys.lines().all(|k| k.starts_with("cachegate:v1:{")),
+        keys.lines()
+            .all(|k| k.starts_with(&crate::support::redis::ns("{"))),
         "{keys}"
     );
     assert!(!keys.is_empty(), "the entry is in Redis");
@@ -119,7 +120,7 @@ async fn bytes_it_cannot_decode_read_as_a_miss() {
     )
     .await;
     assert_eq!(p.get("/c").await.body, "v0");
-    let key = redis.cli(&["--scan", "--pattern", "cachegate:v1:*:e:*"]);
+    let key = redis.cli(&["--scan", "--pattern", &crate::support::redis::ns("*:e:*")]);
     assert_eq!(key.lines().count(), 1, "{key}");
     let field = redis.cli(&["HKEYS", key.trim()]);
     redis.cli(&["HSET", key.trim(), field.trim(), "not an entry"]);
@@ -141,7 +142,7 @@ async fn redis_expires_a_key_with_its_last_usable_variant() {
     )
     .await;
     p.get("/ttl").await;
-    let key = redis.cli(&["--scan", "--pattern", "cachegate:v1:*:e:*"]);
+    let key = redis.cli(&["--scan", "--pattern", &crate::support::redis::ns("*:e:*")]);
     let pttl: i64 = redis.cli(&["PTTL", key.trim()]).parse().unwrap();
     // Hard TTL plus the stale-if-error window (the larger of the two windows).
     assert!((105_000..=110_000).contains(&pttl), "pttl {pttl}");
@@ -172,7 +173,9 @@ async fn cluster_round_trip() {
 async fn sentinel_round_trip() {
     let set = RedisSentinel::start();
     round_trip(&set.store_yaml(TIMEOUT, L1)).await;
-    let keys = set.master.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
+    let keys = set
+        .master
+        .cli(&["--scan", "--pattern", &crate::support::redis::ns("*")]);
     assert!(!keys.is_empty(), "written to the master sentinel named");
 }
 
@@ -187,12 +190,12 @@ async fn single_node_with_a_password_round_trip() {
     let default_user = redis.store_yaml(TIMEOUT, L1);
     assert!(default_user.contains("default:s3cret@"), "{default_user}");
     round_trip(&default_user).await;
-    let keys = redis.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
+    let keys = redis.cli(&["--scan", "--pattern", &crate::support::redis::ns("*")]);
     assert!(!keys.is_empty(), "the entry is in Redis");
 
     redis.cli(&["FLUSHALL"]);
     round_trip(&default_user.replace("default:s3cret@", "alice:alice-pass@")).await;
-    let keys = redis.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
+    let keys = redis.cli(&["--scan", "--pattern", &crate::support::redis::ns("*")]);
     assert!(!keys.is_empty(), "the entry is in Redis");
 }
 
@@ -218,7 +221,9 @@ async fn sentinel_with_a_password_on_the_data_nodes_round_trip() {
     let store = set.store_yaml(TIMEOUT, L1);
     assert!(store.contains("default:m4ster@"), "{store}");
     round_trip(&store).await;
-    let keys = set.master.cli(&["--scan", "--pattern", "cachegate:v1:*"]);
+    let keys = set
+        .master
+        .cli(&["--scan", "--pattern", &crate::support::redis::ns("*")]);
     assert!(!keys.is_empty(), "written to the master sentinel named");
 }
 

@@ -34,7 +34,7 @@ async fn rediss_url_round_trip_without_l1() {
     assert_eq!(origin.hits("/tls"), 1);
     assert_eq!(p.state.cache.store.health(), Health::Ok);
 
-    let keys = redis.cli(&["--scan", "--pattern", "cachegate:v1:*:e:*"]);
+    let keys = redis.cli(&["--scan", "--pattern", &crate::support::redis::ns("*:e:*")]);
     assert_eq!(keys.lines().count(), 1, "the entry is in Redis: {keys}");
 }
 

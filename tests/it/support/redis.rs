@@ -654,3 +654,12 @@ impl RedisSentinel {
         )
     }
 }
+
+/// A Redis key (or pattern) in cachegate's default namespace for this build's entry
+/// format: `cachegate:v{FORMAT_VERSION}:` + `rest`.
+pub fn ns(rest: &str) -> String {
+    format!(
+        "cachegate:v{}:{rest}",
+        cachegate::cache::entry::FORMAT_VERSION
+    )
+}

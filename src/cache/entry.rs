@@ -117,6 +117,30 @@ impl CacheEntry {
         self
     }
 
+    /// No later than the moment the origin request that produced it was sent: a purge
+    /// made from then on may have been missed by the origin's answer.
+    pub fn fetched_since(&self) -> SystemTime {
+        self.stored_at
+            .checked_sub(self.fetch_time)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// The entry with `extra` tags (a route's `tags:`) besides those from its headers.
+    pub fn with_tags(mut self, extra: impl IntoIterator<Item = String>) -> Self {
+        let before = self.tags.len();
+        for tag in extra {
+            if !self.tags.contains(&tag) {
+                self.tags.push(tag);
+            }
+        }
+        if self.tags.len() == before {
+            return self;
+        }
+        self.tags.shrink_to_fit();
+        self.heap = 0;
+        self.measured()
+    }
+
     pub fn freshness(&self, now: SystemTime) -> Freshness {
         if now < self.fresh_until {
             Freshness::Fresh

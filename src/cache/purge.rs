@@ -1,6 +1,9 @@
-//! What a purge selects, and how it is applied to an entry. Pure: stores call
-//! `Selector::matches` on what they hold.
+//! What a purge selects, how it is applied to an entry, and the log that keeps a fetch
+//! which started before a purge from storing its answer as fresh after it. Pure: stores
+//! call `Selector::matches` on what they hold and `PurgeLog::covering` at write time.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::CacheEntry;
@@ -12,29 +15,38 @@ pub enum Selector {
     Key(String),
     /// Every key of one route template, e.g. `/users/{id}`.
     Route(String),
-    /// Every entry carrying this surrogate key (`Surrogate-Key` / `Cache-Tag`).
+    /// Every entry carrying this surrogate key (`Surrogate-Key` / `Cache-Tag`, or a
+    /// route's `tags:`).
     Tag(String),
     /// Every entry whose request path starts with this prefix, e.g. `/users/42/`.
     Prefix(String),
+    /// Everything.
+    All,
 }
 
 /// Hard purges remove; soft purges mark stale, so the next request is served at once
 /// while one refresh runs (and stale-if-error still protects against a failing origin).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
-    Hard,
     Soft,
+    Hard,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Hard => "hard",
+            Mode::Soft => "soft",
+        }
+    }
 }
 
 impl Selector {
     /// Whether the entry stored under `key` is selected.
     pub fn matches(&self, key: &str, entry: &CacheEntry) -> bool {
         match self {
-            Selector::Key(k) => k == key,
-            Selector::Route(template) => crate::proxy::key::template_of(key) == template,
             Selector::Tag(tag) => entry.tags.iter().any(|t| t == tag),
-            Selector::Prefix(prefix) => crate::proxy::key::path_of(key)
-                .is_some_and(|path| path.starts_with(prefix.as_str())),
+            _ => self.matches_key(key) == Some(true),
         }
     }
 
@@ -50,6 +62,7 @@ impl Selector {
                 crate::proxy::key::path_of(key)
                     .is_some_and(|path| path.starts_with(prefix.as_str())),
             ),
+            Selector::All => Some(true),
         }
     }
 
@@ -57,6 +70,155 @@ impl Selector {
     pub fn by_key_only(&self) -> bool {
         !matches!(self, Selector::Tag(_))
     }
+
+    /// `kind:value`, the form the Redis purge log keeps (`Selector::decode` reads it).
+    pub fn encode(&self) -> String {
+        match self {
+            Selector::Key(k) => format!("k:{k}"),
+            Selector::Route(r) => format!("r:{r}"),
+            Selector::Tag(t) => format!("t:{t}"),
+            Selector::Prefix(p) => format!("p:{p}"),
+            Selector::All => "a:".to_string(),
+        }
+    }
+
+    pub fn decode(text: &str) -> Option<Selector> {
+        let (kind, value) = text.split_at_checked(2)?;
+        let value = value.to_string();
+        Some(match kind {
+            "k:" => Selector::Key(value),
+            "r:" => Selector::Route(value),
+            "t:" => Selector::Tag(value),
+            "p:" => Selector::Prefix(value),
+            "a:" => Selector::All,
+            _ => return None,
+        })
+    }
+}
+
+/// One purge as the log remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub at: SystemTime,
+    pub selector: Selector,
+    pub mode: Mode,
+}
+
+impl Record {
+    /// `at_ms|mode|selector`: one member of the Redis purge log (prefixed there by a
+    /// nonce so two equal purges in one millisecond stay two members).
+    pub fn encode(&self) -> String {
+        // Rounded up, so a purge is never read back as older than a fetch it followed.
+        format!(
+            "{}|{}|{}",
+            millis(self.at) + 1,
+            self.mode.as_str(),
+            self.selector.encode()
+        )
+    }
+
+    pub fn decode(text: &str) -> Option<Record> {
+        let mut parts = text.splitn(3, '|');
+        let at = parts.next()?.parse::<u64>().ok()?;
+        let mode = match parts.next()? {
+            "hard" => Mode::Hard,
+            "soft" => Mode::Soft,
+            _ => return None,
+        };
+        let selector = Selector::decode(parts.next()?)?;
+        Some(Record {
+            at: SystemTime::UNIX_EPOCH + Duration::from_millis(at),
+            selector,
+            mode,
+        })
+    }
+}
+
+/// The strongest purge among `records` that covers an entry fetched from `since`:
+/// one made at or after the fetch started whose selector reaches the entry.
+pub fn covering<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+    key: &str,
+    entry: &CacheEntry,
+    since: SystemTime,
+) -> Option<Mode> {
+    records
+        .into_iter()
+        .filter(|r| r.at >= since && r.selector.matches(key, entry))
+        .map(|r| r.mode)
+        .max()
+}
+
+/// How long purges are remembered: longer than any fetch may take (fetches are bounded
+/// by the upstream timeouts, minutes at most).
+pub const LOG_KEEP: Duration = Duration::from_secs(600);
+/// At most this many purges are remembered; past it the oldest go, and a fetch older
+/// than the newest forgotten one is treated as purged (hard), which only costs a refetch.
+pub const LOG_MAX: usize = 10_000;
+
+/// The purges of the last `LOG_KEEP`, for a store local to this process.
+#[derive(Debug, Default)]
+pub struct PurgeLog {
+    inner: Mutex<LogInner>,
+}
+
+#[derive(Debug, Default)]
+struct LogInner {
+    records: VecDeque<Record>,
+    /// When the newest record dropped for room was made.
+    forgotten: Option<SystemTime>,
+}
+
+impl PurgeLog {
+    /// Remembers a purge; call it before applying the purge.
+    pub fn record(&self, selector: &Selector, mode: Mode, at: SystemTime) {
+        let mut log = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let horizon = at.checked_sub(LOG_KEEP).unwrap_or(SystemTime::UNIX_EPOCH);
+        while log.records.front().is_some_and(|r| r.at < horizon) {
+            log.records.pop_front();
+        }
+        if log.records.len() >= LOG_MAX {
+            let dropped = log.records.pop_front().map(|r| r.at);
+            log.forgotten = dropped.max(log.forgotten);
+        }
+        log.records.push_back(Record {
+            at,
+            selector: selector.clone(),
+            mode,
+        });
+    }
+
+    /// The strongest purge that covers `entry` (see `covering`).
+    pub fn covering(&self, key: &str, entry: &CacheEntry) -> Option<Mode> {
+        let since = entry.fetched_since();
+        let log = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if log.forgotten.is_some_and(|f| f >= since) {
+            return Some(Mode::Hard);
+        }
+        // Newest last: stop at the first record made before the fetch began.
+        let newer = log.records.iter().rev().take_while(|r| r.at >= since);
+        covering(newer, key, entry, since)
+    }
+}
+
+/// What a write does about a purge that covers it: hard, nothing is stored; soft, the
+/// entry is stored stale.
+pub fn apply(
+    entry: &std::sync::Arc<CacheEntry>,
+    purged: Option<Mode>,
+    now: SystemTime,
+) -> Option<std::sync::Arc<CacheEntry>> {
+    match purged {
+        None => Some(entry.clone()),
+        Some(Mode::Soft) => Some(std::sync::Arc::new(soften(entry, now))),
+        Some(Mode::Hard) => None,
+    }
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The entry as a soft purge leaves it: stale from `now`, its stale windows kept.

@@ -1,7 +1,13 @@
 //! The embedded store: moka, bounded by bytes, each key expiring at its last variant's
 //! `keep_until`. One binary, nothing else to run.
+//!
+//! Purges are indexed, not scanned: a URL purge touches its own key, a tag purge the keys
+//! its tag index names (verified against what they hold). Route, prefix and everything
+//! walk the cache. A purge log makes writes race-free: a fetch that began before a purge
+//! covering it never lands fresh after the purge.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -10,23 +16,130 @@ use moka::future::Cache;
 
 use super::variants::{pick, variant_cache, with_variant, Variants};
 use super::{Store, StoreError, Usage};
-use crate::cache::purge::{soften, Mode, Selector};
+use crate::cache::purge::{self, soften, Mode, PurgeLog, Selector};
 use crate::cache::CacheEntry;
 
 pub struct MemoryStore {
     cache: Cache<String, Variants>,
+    log: PurgeLog,
+    tags: Mutex<TagIndex>,
+}
+
+/// Tag -> keys that carried it when written. Members are only added on writes, so no
+/// write can lose another's membership; a purge verifies each member against what it
+/// holds. Members whose entry went stay until the index is rebuilt from the cache, when
+/// it holds twice as many members as the cache has keys (amortised, under the lock
+/// writers take after writing).
+#[derive(Default)]
+struct TagIndex {
+    keys: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    members: usize,
+}
+
+impl TagIndex {
+    fn add(&mut self, key: &str, tags: &[String]) {
+        let key: Arc<str> = Arc::from(key);
+        for tag in tags {
+            let set = match self.keys.get_mut(tag.as_str()) {
+                Some(set) => set,
+                None => self.keys.entry(Arc::from(tag.as_str())).or_default(),
+            };
+            if set.insert(key.clone()) {
+                self.members += 1;
+            }
+        }
+    }
 }
 
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> Self {
         // Kept while any variant can still be used; only size evicts earlier.
         let cache = variant_cache(max_bytes, CacheEntry::keep_until, Duration::MAX);
-        MemoryStore { cache }
+        MemoryStore {
+            cache,
+            log: PurgeLog::default(),
+            tags: Mutex::new(TagIndex::default()),
+        }
     }
 
     /// Entries held (approximate; moka applies writes lazily).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    fn index(&self, key: &str, entry: &CacheEntry) {
+        if entry.tags.is_empty() {
+            return;
+        }
+        let mut index = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        index.add(key, &entry.tags);
+        if index.members > 1024 + 2 * self.cache.entry_count() as usize {
+            let mut fresh = TagIndex::default();
+            for (k, variants) in self.cache.iter() {
+                for e in variants.iter() {
+                    fresh.add(&k, &e.tags);
+                }
+            }
+            *index = fresh;
+        }
+    }
+
+    async fn upsert(&self, key: &str, entry: &Arc<CacheEntry>, now: SystemTime) {
+        self.cache
+            .entry_by_ref(key)
+            .and_upsert_with(|old| {
+                let old = old.map(|o| o.into_value());
+                std::future::ready(with_variant(old.as_ref(), entry, |e| e.keep_until() > now))
+            })
+            .await;
+    }
+
+    /// Applies `mode` to the variants of `key` that `selector` reaches; whether any did.
+    async fn purge_key(&self, key: &str, selector: &Selector, mode: Mode, now: SystemTime) -> bool {
+        let Some(variants) = self.cache.get(key).await else {
+            return false;
+        };
+        if !variants.iter().any(|e| selector.matches(key, e)) {
+            return false;
+        }
+        match mode {
+            Mode::Hard => self.cache.invalidate(key).await,
+            Mode::Soft => {
+                let softened = variants
+                    .iter()
+                    .map(|e| {
+                        if selector.matches(key, e) && e.fresh_until > now {
+                            Arc::new(soften(e, now))
+                        } else {
+                            e.clone()
+                        }
+                    })
+                    .collect();
+                self.cache.insert(key.to_string(), Arc::new(softened)).await;
+            }
+        }
+        true
+    }
+
+    /// The keys a purge must look at.
+    fn candidates(&self, selector: &Selector) -> Vec<String> {
+        match selector {
+            Selector::Key(key) => vec![key.clone()],
+            Selector::Tag(tag) => {
+                let index = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+                index
+                    .keys
+                    .get(tag.as_str())
+                    .map(|keys| keys.iter().map(|k| k.to_string()).collect())
+                    .unwrap_or_default()
+            }
+            _ => self
+                .cache
+                .iter()
+                .filter(|(key, _)| selector.matches_key(key) != Some(false))
+                .map(|(key, _)| key.to_string())
+                .collect(),
+        }
     }
 }
 
@@ -46,13 +159,19 @@ impl Store for MemoryStore {
 
     async fn insert(&self, key: &str, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
         let now = SystemTime::now();
-        self.cache
-            .entry_by_ref(key)
-            .and_upsert_with(|old| {
-                let old = old.map(|o| o.into_value());
-                std::future::ready(with_variant(old.as_ref(), &entry, |e| e.keep_until() > now))
-            })
-            .await;
+        // Checked before the write (the usual case: nothing is written that a purge
+        // covers) and after it: a purge logged in between either sees the write when it
+        // walks the cache, or is seen here and undone.
+        let Some(entry) = purge::apply(&entry, self.log.covering(key, &entry), now) else {
+            return Ok(());
+        };
+        // Cache first, index second: a rebuild of the index walks the cache.
+        self.upsert(key, &entry, now).await;
+        self.index(key, &entry);
+        if let Some(mode) = self.log.covering(key, &entry) {
+            self.purge_key(key, &Selector::Key(key.to_string()), mode, now)
+                .await;
+        }
         Ok(())
     }
 
@@ -62,30 +181,20 @@ impl Store for MemoryStore {
 
     async fn purge(&self, selector: &Selector, mode: Mode) -> Result<u64, StoreError> {
         let now = SystemTime::now();
-        let selected: Vec<(Arc<String>, Variants)> = self
-            .cache
-            .iter()
-            .filter(|(key, variants)| variants.iter().any(|e| selector.matches(key, e)))
-            .collect();
-        for (key, variants) in &selected {
-            match mode {
-                Mode::Hard => self.cache.invalidate(key.as_str()).await,
-                Mode::Soft => {
-                    let softened = variants
-                        .iter()
-                        .map(|e| {
-                            if selector.matches(key, e) {
-                                Arc::new(soften(e, now))
-                            } else {
-                                e.clone()
-                            }
-                        })
-                        .collect();
-                    self.cache.insert(key.to_string(), Arc::new(softened)).await;
-                }
+        self.log.record(selector, mode, now);
+        if *selector == Selector::All && mode == Mode::Hard {
+            let n = self.cache.entry_count();
+            self.cache.invalidate_all();
+            *self.tags.lock().unwrap_or_else(|e| e.into_inner()) = TagIndex::default();
+            return Ok(n);
+        }
+        let mut purged = 0;
+        for key in self.candidates(selector) {
+            if self.purge_key(&key, selector, mode, now).await {
+                purged += 1;
             }
         }
-        Ok(selected.len() as u64)
+        Ok(purged)
     }
 
     async fn usage(&self) -> Option<Usage> {

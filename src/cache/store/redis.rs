@@ -22,7 +22,7 @@ use redis::{
 use super::variants::pick;
 use super::{Health, Lease, Store, StoreError, MAX_VARIANTS};
 use crate::cache::entry::{self, FORMAT_VERSION};
-use crate::cache::purge::{soften, Mode, Selector};
+use crate::cache::purge::{self, soften, Mode, Record, Selector};
 use crate::cache::CacheEntry;
 use crate::config::{RedisConfig, RedisTarget};
 
@@ -53,10 +53,29 @@ const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// (empty: announce nothing, the caller does), message, and optionally the value the
 /// field must still hold (a soft purge must not overwrite a newer entry); returns 0
 /// when it does not. A `keep_until` already past drops the variant.
+///
+/// Race-free against purges (single node and Sentinel, where every key is on one node):
+/// KEYS[3] is the purge log and ARGV[9] the time the fetch began; purges logged since
+/// are returned instead of writing, for the caller to decide (and write again with no
+/// log key, or softened, or not at all). KEYS[4..] are the entry's tag sets: the cache
+/// key (ARGV[10]) joins each, which expires no earlier than the entry.
 const INSERT_LUA: &str = r#"
 local h, z = KEYS[1], KEYS[2]
-if ARGV[8] and redis.call('HGET', h, ARGV[1]) ~= ARGV[8] then
+if ARGV[8] ~= '' and redis.call('HGET', h, ARGV[1]) ~= ARGV[8] then
   return 0
+end
+if KEYS[3] and KEYS[3] ~= '' then
+  local newer = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[9], '+inf')
+  if #newer > 0 then
+    return newer
+  end
+end
+for i = 4, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[10])
+  local left = redis.call('PTTL', KEYS[i])
+  if left == -1 or (left >= 0 and tonumber(ARGV[4]) + left < tonumber(ARGV[3])) then
+    redis.call('PEXPIREAT', KEYS[i], ARGV[3])
+  end
 end
 redis.call('HSET', h, ARGV[1], ARGV[2])
 redis.call('ZADD', z, ARGV[3], ARGV[1])
@@ -83,6 +102,27 @@ end
 if ARGV[6] ~= '' then
   redis.call('PUBLISH', ARGV[6], ARGV[7])
 end
+return 1
+"#;
+
+/// One tag set (Cluster, where it lives in another slot than the entry): KEYS: the set.
+/// ARGV: cache key, keep_until ms, now ms. Membership is only ever added.
+const TAG_LUA: &str = r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 or (left >= 0 and tonumber(ARGV[3]) + left < tonumber(ARGV[2])) then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+end
+return 1
+"#;
+
+/// Logs a purge before it is applied. KEYS: the log. ARGV: score (ms), member, horizon
+/// (ms; older records go), most records kept, the log's TTL (ms).
+const RECORD_LUA: &str = r#"
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[4]) + 1))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 "#;
 
@@ -124,6 +164,8 @@ struct Inner {
     insert_script: redis::Script,
     remove_script: redis::Script,
     release_script: redis::Script,
+    tag_script: redis::Script,
+    record_script: redis::Script,
 }
 
 /// A connection to whatever the target is; both kinds multiplex, so a clone is a handle.
@@ -179,6 +221,8 @@ impl RedisStore {
             insert_script: redis::Script::new(INSERT_LUA),
             remove_script: redis::Script::new(REMOVE_LUA),
             release_script: redis::Script::new(RELEASE_LUA),
+            tag_script: redis::Script::new(TAG_LUA),
+            record_script: redis::Script::new(RECORD_LUA),
         });
         match inner.open().await {
             Ok(handle) => inner.set_conn(Some(handle)),
@@ -236,6 +280,62 @@ impl RedisStore {
                 "pub/sub connect timed out",
             ))),
         }
+    }
+
+    /// Stores `entry` unless a purge logged since its fetch began covers it: then it is
+    /// stored stale (a soft purge) or not at all (hard). Returns that purge's mode.
+    /// Single node and Sentinel check the log in the write's own script, so no purge
+    /// can fall between check and write. In a Cluster the log lives in another slot:
+    /// the write goes first, the log is read after it, and a covered write is undone
+    /// (visible for one round trip at most).
+    pub async fn insert_checked(
+        &self,
+        key: &str,
+        entry: Arc<CacheEntry>,
+    ) -> Result<Option<Mode>, StoreError> {
+        let inner = &self.inner;
+        let now = SystemTime::now();
+        if millis(entry.keep_until()) <= millis(now) {
+            return Ok(None);
+        }
+        let since = entry.fetched_since();
+        if inner.is_cluster() {
+            let value = entry::encode(&entry);
+            inner.write(key, &entry, &value, None).await?;
+            inner.join_tags(key, &entry).await?;
+            let covered = inner.purged_since(key, &entry, since).await?;
+            if let Some(mode) = covered {
+                inner.undo(key, &entry, &value, mode).await?;
+            }
+            return Ok(covered);
+        }
+        let mut log_since = millis(since);
+        let mut seen: Vec<Record> = Vec::new();
+        // Each retry reads only purges newer than those it has seen; bounded, and a
+        // write that keeps racing purges is dropped (a later request fetches again).
+        for _ in 0..3 {
+            let value = entry::encode(&entry);
+            match inner.write(key, &entry, &value, Some(log_since)).await? {
+                Written::Done => return Ok(None),
+                Written::Purges(records) => {
+                    log_since = records
+                        .iter()
+                        .map(|r| millis(r.at) + 1)
+                        .max()
+                        .unwrap_or(log_since + 1)
+                        .max(log_since + 1);
+                    seen.extend(records);
+                    if let Some(mode) = purge::covering(&seen, key, &entry, since) {
+                        if let Some(soft) = purge::apply(&entry, Some(mode), SystemTime::now()) {
+                            let value = entry::encode(&soft);
+                            inner.write(key, &soft, &value, None).await?;
+                        }
+                        return Ok(Some(mode));
+                    }
+                }
+            }
+        }
+        Ok(Some(Mode::Hard))
     }
 
     /// Every live variant of `key` (for L1 to keep the whole set).
@@ -353,6 +453,11 @@ fn validate(target: &RedisTarget) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A purge log member: `<nonce>|<record>`.
+fn decode_logged(member: &str) -> Option<Record> {
+    Record::decode(member.split_once('|')?.1)
+}
+
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -377,6 +482,13 @@ fn variant_id(entry: &CacheEntry) -> String {
     format!("{:016x}", h.digest())
 }
 
+/// What the insert script did.
+enum Written {
+    Done,
+    /// Not written: these purges were logged since the fetch began.
+    Purges(Vec<Record>),
+}
+
 impl Inner {
     /// `{ns}{<xxh3 of key>}`: the braces make a Redis Cluster hash tag, so the variants,
     /// their index and the lease of one cache key share a slot. The key itself may
@@ -396,6 +508,20 @@ impl Inner {
 
     fn index_key(&self, key: &str) -> String {
         format!("{}:x:{key}", self.tag(key))
+    }
+
+    /// The purge log: one sorted set for the namespace (`Record`s by time).
+    fn log_key(&self) -> String {
+        format!("{}purges", self.namespace)
+    }
+
+    /// The set of cache keys whose entries carried `tag` when written.
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}tag:{tag}", self.namespace)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.target, RedisTarget::Cluster(_))
     }
 
     fn lock_key(&self, key: &str) -> String {
@@ -570,12 +696,14 @@ impl Inner {
     /// number of keys touched. A purge that stops part way (Redis failing, the overall
     /// bound) still announces what it did, then fails.
     async fn purge(self: &Arc<Self>, selector: &Selector, mode: Mode) -> Result<u64, StoreError> {
+        self.record(selector, mode).await?;
         let mut touched = Vec::new();
         let outcome = match selector {
             Selector::Key(key) => {
                 self.purge_keys(selector, mode, vec![key.clone()], &mut touched)
                     .await
             }
+            Selector::Tag(tag) => self.purge_tagged(selector, tag, mode, &mut touched).await,
             _ => self.scan_and_purge(selector, mode, &mut touched).await,
         };
         let announced = self.announce(&touched).await;
@@ -596,6 +724,245 @@ impl Inner {
             error
         })?;
         Ok(touched.len() as u64)
+    }
+
+    /// One run of the insert script. With `log_since` (single node, Sentinel) it checks
+    /// the purge log and joins the tag sets in the same script.
+    async fn write(
+        self: &Arc<Self>,
+        key: &str,
+        entry: &CacheEntry,
+        value: &[u8],
+        log_since: Option<u64>,
+    ) -> Result<Written, StoreError> {
+        let now = SystemTime::now();
+        let keep_until = millis(entry.keep_until());
+        let mut invocation = self.insert_script.prepare_invoke();
+        invocation.key(self.entry_key(key)).key(self.index_key(key));
+        if !self.is_cluster() {
+            invocation.key(log_since.map(|_| self.log_key()).unwrap_or_default());
+            for tag in &entry.tags {
+                invocation.key(self.tag_key(tag));
+            }
+        }
+        invocation
+            .arg(variant_id(entry))
+            .arg(value)
+            .arg(keep_until)
+            .arg(millis(now))
+            .arg(MAX_VARIANTS)
+            .arg(self.channel.as_str())
+            .arg(self.message(key))
+            .arg("")
+            .arg(log_since.unwrap_or(0))
+            .arg(key);
+        let reply: Value = self
+            .run("insert", |mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(match reply {
+            Value::Array(items) => Written::Purges(
+                items
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+                        _ => None,
+                    })
+                    .filter_map(decode_logged)
+                    .collect(),
+            ),
+            _ => Written::Done,
+        })
+    }
+
+    /// Cluster: adds `key` to each of its entry's tag sets (each in its own slot).
+    async fn join_tags(self: &Arc<Self>, key: &str, entry: &CacheEntry) -> Result<(), StoreError> {
+        if entry.tags.is_empty() {
+            return Ok(());
+        }
+        let now = millis(SystemTime::now());
+        let keep = millis(entry.keep_until());
+        let sets: Vec<String> = entry.tags.iter().map(|t| self.tag_key(t)).collect();
+        let script = &self.tag_script;
+        self.run("insert", |c| {
+            let sets = &sets;
+            async move {
+                join_all(sets.iter().map(|set| {
+                    let mut c = c.clone();
+                    async move {
+                        script
+                            .key(set)
+                            .arg(key)
+                            .arg(keep)
+                            .arg(now)
+                            .invoke_async::<i64>(&mut c)
+                            .await
+                    }
+                }))
+                .await
+                .into_iter()
+                .collect::<RedisResult<Vec<i64>>>()
+            }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Cluster: the strongest purge logged since `since` that covers the entry.
+    async fn purged_since(
+        self: &Arc<Self>,
+        key: &str,
+        entry: &CacheEntry,
+        since: SystemTime,
+    ) -> Result<Option<Mode>, StoreError> {
+        let log = self.log_key();
+        let from = millis(since);
+        let members: Vec<String> = self
+            .run("insert", |mut c| {
+                let log = &log;
+                async move {
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(log)
+                        .arg(from)
+                        .arg("+inf")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let records: Vec<Record> = members.iter().filter_map(|m| decode_logged(m)).collect();
+        Ok(purge::covering(&records, key, entry, since))
+    }
+
+    /// Cluster: takes back a write a purge covered: removed (hard) or rewritten stale
+    /// unless it changed since (soft).
+    async fn undo(
+        self: &Arc<Self>,
+        key: &str,
+        entry: &CacheEntry,
+        written: &[u8],
+        mode: Mode,
+    ) -> Result<(), StoreError> {
+        let (hash, index) = (self.entry_key(key), self.index_key(key));
+        let (channel, message) = (self.channel.as_str(), self.message(key));
+        match mode {
+            Mode::Hard => {
+                let script = &self.remove_script;
+                self.run("insert", |mut c| async move {
+                    script
+                        .key(&hash)
+                        .key(&index)
+                        .arg(channel)
+                        .arg(&message)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await
+                .map(drop)
+            }
+            Mode::Soft => {
+                let now = SystemTime::now();
+                let soft = soften(entry, now);
+                let value = entry::encode(&soft);
+                let script = &self.insert_script;
+                self.run("insert", |mut c| async move {
+                    script
+                        .key(&hash)
+                        .key(&index)
+                        .arg(variant_id(&soft))
+                        .arg(&value)
+                        .arg(millis(soft.keep_until()))
+                        .arg(millis(now))
+                        .arg(MAX_VARIANTS)
+                        .arg(channel)
+                        .arg(&message)
+                        .arg(written)
+                        .invoke_async::<Value>(&mut c)
+                        .await
+                })
+                .await
+                .map(drop)
+            }
+        }
+    }
+
+    /// Logs a purge before it is applied, so a write racing it can see it.
+    async fn record(self: &Arc<Self>, selector: &Selector, mode: Mode) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        let record = Record {
+            at: now,
+            selector: selector.clone(),
+            mode,
+        };
+        let member = format!("{:016x}|{}", rand::random::<u64>(), record.encode());
+        let score = millis(now) + 1;
+        let horizon = millis(now).saturating_sub(purge::LOG_KEEP.as_millis() as u64);
+        let log = self.log_key();
+        let script = &self.record_script;
+        self.run("purge", |mut c| async move {
+            script
+                .key(&log)
+                .arg(score)
+                .arg(&member)
+                .arg(horizon)
+                .arg(purge::LOG_MAX)
+                .arg(purge::LOG_KEEP.as_millis() as u64)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// A tag purge: the keys of the tag's set (SSCAN, batch by batch), each verified
+    /// against the entries it holds.
+    async fn purge_tagged(
+        self: &Arc<Self>,
+        selector: &Selector,
+        tag: &str,
+        mode: Mode,
+        touched: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
+        let deadline = Instant::now() + PURGE_LIMIT;
+        let set = self.tag_key(tag);
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut cursor = 0u64;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(StoreError {
+                    op: "purge",
+                    message: format!("stopped after {PURGE_LIMIT:?}"),
+                });
+            }
+            let (next, keys): (u64, Vec<String>) = self
+                .run("purge", |mut c| {
+                    let set = &set;
+                    async move {
+                        redis::cmd("SSCAN")
+                            .arg(set)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(SCAN_COUNT)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter(|k| seen.insert(k.clone()))
+                .collect();
+            for batch in keys.chunks(PURGE_BATCH) {
+                self.purge_keys(selector, mode, batch.to_vec(), touched)
+                    .await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(());
+            }
+        }
     }
 
     /// Walks the namespace on every master (SCAN, batch by batch) and purges the keys
@@ -910,33 +1277,7 @@ impl Store for RedisStore {
     }
 
     async fn insert(&self, key: &str, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let now = SystemTime::now();
-        let keep_until = millis(entry.keep_until());
-        if keep_until <= millis(now) {
-            return Ok(());
-        }
-        let (hash, index) = (inner.entry_key(key), inner.index_key(key));
-        let (field, value) = (variant_id(&entry), entry::encode(&entry));
-        let (channel, message) = (inner.channel.clone(), inner.message(key));
-        let script = &inner.insert_script;
-        inner
-            .run("insert", |mut c| async move {
-                script
-                    .key(hash)
-                    .key(index)
-                    .arg(field)
-                    .arg(value)
-                    .arg(keep_until)
-                    .arg(millis(now))
-                    .arg(MAX_VARIANTS)
-                    .arg(channel)
-                    .arg(message)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-            })
-            .await
-            .map(drop)
+        self.insert_checked(key, entry).await.map(drop)
     }
 
     async fn remove(&self, key: &str) -> Result<bool, StoreError> {
@@ -1172,6 +1513,8 @@ mod tests {
             insert_script: redis::Script::new(INSERT_LUA),
             remove_script: redis::Script::new(REMOVE_LUA),
             release_script: redis::Script::new(RELEASE_LUA),
+            tag_script: redis::Script::new(TAG_LUA),
+            record_script: redis::Script::new(RECORD_LUA),
         }
     }
 

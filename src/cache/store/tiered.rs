@@ -180,10 +180,17 @@ impl Store for TieredStore {
 
     async fn insert(&self, key: &str, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
         // L2 first: once L1 has it, this replica's readers see it, and the fleet should
-        // not be behind this replica.
-        let written = self.l2.insert(key, entry.clone()).await;
+        // not be behind this replica. An invalidation heard from here on (another
+        // replica's purge) must not be undone by putting the entry into L1.
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        let written = self.l2.insert_checked(key, entry.clone()).await;
+        if let Ok(Some(_)) = written {
+            // A purge covered it: L2 has it stale or not at all, L1 must not have it.
+            self.l1.invalidate(key).await;
+            return Ok(());
+        }
         let now = SystemTime::now();
-        if entry.fresh_until > now {
+        if entry.fresh_until > now && self.shared.epoch.load(Ordering::Acquire) == epoch {
             self.l1
                 .entry_by_ref(key)
                 .and_upsert_with(|old| {
@@ -191,6 +198,11 @@ impl Store for TieredStore {
                     std::future::ready(with_variant(old.as_ref(), &entry, |e| e.fresh_until > now))
                 })
                 .await;
+            if self.shared.epoch.load(Ordering::Acquire) != epoch {
+                // An invalidation arrived while L1 was written: it may have been for
+                // this key and applied before the write. Drop the copy to be sure.
+                self.l1.invalidate(key).await;
+            }
             // While Redis fails, L1 still serves what this replica fetched (bounded by
             // `max_ttl`), so the write is not lost to this replica's readers.
             if let Err(error) = written {
@@ -198,7 +210,7 @@ impl Store for TieredStore {
             }
             return Ok(());
         }
-        written
+        written.map(drop)
     }
 
     async fn remove(&self, key: &str) -> Result<bool, StoreError> {

@@ -40,6 +40,7 @@ pub mod conn;
 pub mod devorigin;
 pub mod error;
 pub mod proxy;
+pub mod purge;
 pub mod reload;
 pub mod server;
 pub mod telemetry;

@@ -16,6 +16,7 @@ mod limits;
 mod memory_bound;
 mod poisoning;
 mod purge;
+mod purge_api;
 mod redis_store;
 mod redis_tls;
 mod reload;

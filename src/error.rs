@@ -93,9 +93,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::PurgeDisabled => StatusCode::FORBIDDEN,
-            ProxyError::Store(_) | ProxyError::OriginBusy { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Store(_) | ProxyError::OriginBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -127,9 +125,7 @@ impl ProxyError {
             ProxyError::Store(_) => "the store could not apply the purge; try again",
             ProxyError::OriginBusy { reason, .. } => match reason {
                 RejectReason::BreakerOpen => "origin unavailable (circuit open); retry later",
-                RejectReason::QueueTimeout | RejectReason::RateLimit => {
-                    "origin busy; retry later"
-                }
+                RejectReason::QueueTimeout | RejectReason::RateLimit => "origin busy; retry later",
             },
         }
     }

@@ -178,8 +178,11 @@ pub fn record_refresh(route: &Arc<str>, result: &'static str) {
 /// An upstream's breaker opened (`true`) or closed.
 pub fn record_breaker_open(upstream: &str, open: bool) {
     let component = format!("upstream:{upstream}");
-    metrics::gauge!("cachegate_breaker_open", "component" => component)
-        .set(if open { 1.0 } else { 0.0 });
+    metrics::gauge!("cachegate_breaker_open", "component" => component).set(if open {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// An origin request cachegate did not send (`reason`: queue_timeout, rate_limit,

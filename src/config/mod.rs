@@ -958,22 +958,20 @@ impl Validator {
         let breaker = match &u.breaker {
             None => None,
             Some(b) => {
-                let failures = match b.failures {
-                    None => 5,
-                    Some(n @ 1..=10_000) => n as u32,
-                    Some(n) => {
-                        return Err(self.err(
+                let failures =
+                    match b.failures {
+                        None => 5,
+                        Some(n @ 1..=10_000) => n as u32,
+                        Some(n) => return Err(self.err(
                             &field("breaker.failures"),
-                            format!("{n} is out of range (expected 1 to 10000 consecutive failures)"),
-                        ))
-                    }
-                };
+                            format!(
+                                "{n} is out of range (expected 1 to 10000 consecutive failures)"
+                            ),
+                        )),
+                    };
                 let open_field = field("breaker.open_for");
-                let open_for = self.duration(
-                    &open_field,
-                    b.open_for.as_deref(),
-                    Duration::from_secs(10),
-                )?;
+                let open_for =
+                    self.duration(&open_field, b.open_for.as_deref(), Duration::from_secs(10))?;
                 if open_for.is_zero() {
                     return Err(self.err(&open_field, "must be longer than 0s (expected e.g. 10s)"));
                 }

@@ -195,7 +195,9 @@ fn bad_origin_protection_values_name_the_field() {
         &with("breaker: { open_for: 0s }"),
         "routes.yaml:3:100: upstreams.api.breaker.open_for: must be longer than 0s (expected e.g. 10s)",
     );
-    let err = parse(&with("breaker: { failurs: 3 }")).unwrap_err().to_string();
+    let err = parse(&with("breaker: { failurs: 3 }"))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("upstreams.api.breaker.failurs: unknown field `failurs`, expected `failures` or `open_for`"),
         "{err}"

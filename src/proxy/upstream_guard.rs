@@ -15,8 +15,8 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{BreakerSettings, Protection, RateLimit, Upstream};
-pub use crate::error::RejectReason;
 use crate::error::ProxyError;
+pub use crate::error::RejectReason;
 
 /// A rejected origin request: why, and when the client may try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +51,12 @@ pub struct Breaker {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One probe is out; everything else is rejected until it reports.
     HalfOpen,
 }
@@ -63,7 +67,9 @@ pub enum Admit {
     Allowed,
     /// The one request let through after `open_for`; its outcome closes or re-opens.
     Probe,
-    Rejected { retry_after: Duration },
+    Rejected {
+        retry_after: Duration,
+    },
 }
 
 impl Breaker {
@@ -167,7 +173,9 @@ impl Guard {
             semaphore: settings
                 .max_concurrency
                 .map(|n| Arc::new(Semaphore::new(n))),
-            limiter: settings.rate_limit.map(|r| governor::RateLimiter::direct(quota(r))),
+            limiter: settings
+                .rate_limit
+                .map(|r| governor::RateLimiter::direct(quota(r))),
             breaker: settings.breaker.map(|b| Mutex::new(Breaker::new(b))),
             settings,
         };
@@ -265,7 +273,12 @@ impl Guard {
                 }
             }
             if let Some(semaphore) = &self.semaphore {
-                permit._slot = Some(semaphore.clone().try_acquire_owned().map_err(|_| QUEUE_TIMEOUT)?);
+                permit._slot = Some(
+                    semaphore
+                        .clone()
+                        .try_acquire_owned()
+                        .map_err(|_| QUEUE_TIMEOUT)?,
+                );
             }
             Ok(permit)
         })();
@@ -453,7 +466,10 @@ mod tests {
         b.record(Outcome::Failure, false, t0);
         let later = t0 + Duration::from_secs(10);
         assert_eq!(b.admit(later), Admit::Probe);
-        assert!(matches!(b.admit(later), Admit::Rejected { .. }), "one probe");
+        assert!(
+            matches!(b.admit(later), Admit::Rejected { .. }),
+            "one probe"
+        );
         // A request admitted before the breaker opened does not decide it.
         b.record(Outcome::Success, false, later);
         assert_eq!(b.state(), BreakerState::HalfOpen);
@@ -488,6 +504,44 @@ mod tests {
         assert_eq!(b.admit(t1), Admit::Probe);
         b.abandon_probe(t1);
         assert_eq!(b.admit(t1), Admit::Probe);
+    }
+
+    fn upstreams(protection: &str) -> Vec<Upstream> {
+        let src = format!(
+            "upstreams:\n  a: {{ url: \"http://127.0.0.1:1\", {protection} }}\n  b: {{ url: \"http://127.0.0.1:2\" }}\n\
+             routes:\n  - path: /x\n    upstream: a\n"
+        );
+        let o = crate::config::Overrides::default();
+        crate::config::Config::parse(&src, std::path::Path::new("t.yaml"), &o)
+            .unwrap()
+            .upstreams
+    }
+
+    #[test]
+    fn a_reload_keeps_the_guards_of_unchanged_upstreams() {
+        let before = upstreams("max_concurrency: 2");
+        let old = Guard::reuse(&before, &[]);
+        let same = Guard::reuse(&upstreams("max_concurrency: 2"), &old);
+        assert!(Arc::ptr_eq(&old[0], &same[0]) && Arc::ptr_eq(&old[1], &same[1]));
+        let changed = Guard::reuse(&upstreams("max_concurrency: 3"), &old);
+        assert!(
+            !Arc::ptr_eq(&old[0], &changed[0]),
+            "new settings, new guard"
+        );
+        assert!(Arc::ptr_eq(&old[1], &changed[1]));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_never_waits_and_a_miss_waits_up_to_queue_timeout() {
+        let guards = Guard::reuse(&upstreams("max_concurrency: 1, queue_timeout: 50ms"), &[]);
+        let g = &guards[0];
+        let held = g.try_admit().expect("a free slot");
+        assert_eq!(g.try_admit().err(), Some(QUEUE_TIMEOUT));
+        assert_eq!(g.admit().await.err(), Some(QUEUE_TIMEOUT));
+        drop(held);
+        assert!(g.admit().await.is_ok(), "the slot is free again");
+        // Without settings nothing is ever rejected.
+        assert!(guards[1].try_admit().is_ok() && guards[1].try_admit().is_ok());
     }
 
     #[test]

@@ -41,9 +41,8 @@ async fn slow_origin() -> Origin {
 /// Fills the upstream's one slot with a slow request; returns once the origin has it.
 async fn occupy(p: &Proxy, origin: &Origin, path: &'static str) -> tokio::task::JoinHandle<u16> {
     let url = p.url(path);
-    let task = tokio::spawn(async move {
-        proxy::send(&proxy::client(), "GET", &url, &[]).await.status
-    });
+    let task =
+        tokio::spawn(async move { proxy::send(&proxy::client(), "GET", &url, &[]).await.status });
     let arrived = eventually(Duration::from_secs(5), async || origin.hits(path) == 1).await;
     assert!(arrived, "the slow request reached the origin");
     task
@@ -51,7 +50,8 @@ async fn occupy(p: &Proxy, origin: &Origin, path: &'static str) -> tokio::task::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origin_in_flight_never_exceeds_max_concurrency_under_50_distinct_requests() {
-    let origin = Origin::start(|s| Reply::ok(s.path.clone()).delay(Duration::from_millis(100))).await;
+    let origin =
+        Origin::start(|s| Reply::ok(s.path.clone()).delay(Duration::from_millis(100))).await;
     let p = Proxy::start(&yaml(
         &origin.url(),
         "max_concurrency: 4, queue_timeout: 10s",
@@ -80,23 +80,41 @@ async fn origin_in_flight_never_exceeds_max_concurrency_under_50_distinct_reques
     }
     assert_eq!(origin.total(), 50);
     let max = origin.max_in_flight();
-    assert!(max <= 4, "origin had {max} requests in flight, max_concurrency is 4");
+    assert!(
+        max <= 4,
+        "origin had {max} requests in flight, max_concurrency is 4"
+    );
     assert!(max >= 2, "the requests did overlap ({max} at once)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hit_answers_while_the_upstream_is_full() {
     let origin = slow_origin().await;
-    let p = Proxy::start(&yaml(&origin.url(), "max_concurrency: 1, queue_timeout: 5s", "ttl: 60s")).await;
+    let p = Proxy::start(&yaml(
+        &origin.url(),
+        "max_concurrency: 1, queue_timeout: 5s",
+        "ttl: 60s",
+    ))
+    .await;
     assert_eq!(p.get("/hot").await.body, "/hot#0");
     let slow = occupy(&p, &origin, "/slow").await;
 
     let started = Instant::now();
     let hit = p.get("/hot").await;
     assert_eq!(hit.body, "/hot#0");
-    assert!(hit.cache_status().contains("; hit"), "{}", hit.cache_status());
-    assert!(!slow.is_finished(), "the hit was answered while the slot was taken");
-    assert!(started.elapsed() < SLOW, "the hit did not wait for the slot");
+    assert!(
+        hit.cache_status().contains("; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert!(
+        !slow.is_finished(),
+        "the hit was answered while the slot was taken"
+    );
+    assert!(
+        started.elapsed() < SLOW,
+        "the hit did not wait for the slot"
+    );
     assert_eq!(slow.await.unwrap(), 200);
 }
 
@@ -115,7 +133,11 @@ async fn past_queue_timeout_a_miss_gets_503_with_retry_after() {
         let r = p.get(path).await;
         assert_eq!(r.status, 503, "{path}: {}", r.body);
         assert_eq!(r.header("retry-after"), Some("1"), "{path}");
-        assert!(r.cache_status().contains("detail=origin-busy"), "{}", r.cache_status());
+        assert!(
+            r.cache_status().contains("detail=origin-busy"),
+            "{}",
+            r.cache_status()
+        );
         assert_eq!(origin.hits(path), 0, "{path} never reached the origin");
     }
     assert_eq!(slow.await.unwrap(), 200);
@@ -140,34 +162,59 @@ async fn a_stale_copy_answers_when_the_queue_times_out() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "/doc#0");
     assert!(
-        r.cache_status().contains("fwd=stale") && r.cache_status().contains("detail=stale-if-error"),
+        r.cache_status().contains("fwd=stale")
+            && r.cache_status().contains("detail=stale-if-error"),
         "{}",
         r.cache_status()
     );
-    assert_eq!(origin.hits("/doc"), 1, "no origin request for the stale copy");
+    assert_eq!(
+        origin.hits("/doc"),
+        1,
+        "no origin request for the stale copy"
+    );
     slow.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refresh_that_finds_the_upstream_full_is_skipped_and_retried_later() {
     let origin = slow_origin().await;
-    let p = Proxy::start(&yaml(&origin.url(), "max_concurrency: 1", "ttl: 1s, stale: 60s, jitter: 0")).await;
+    let p = Proxy::start(&yaml(
+        &origin.url(),
+        "max_concurrency: 1",
+        "ttl: 1s, stale: 60s, jitter: 0",
+    ))
+    .await;
     assert_eq!(p.get("/doc").await.body, "/doc#0");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let slow = occupy(&p, &origin, "/slow").await;
 
     let r = p.get("/doc").await;
     assert_eq!(r.body, "/doc#0");
-    assert!(r.cache_status().contains("stale-while-revalidate"), "{}", r.cache_status());
+    assert!(
+        r.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        r.cache_status()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(origin.hits("/doc"), 1, "the refresh was skipped, not queued");
+    assert_eq!(
+        origin.hits("/doc"),
+        1,
+        "the refresh was skipped, not queued"
+    );
     slow.await.unwrap();
 
     // The entry stayed stale; the next request starts the refresh.
-    assert!(p.get("/doc").await.cache_status().contains("stale-while-revalidate"));
+    assert!(p
+        .get("/doc")
+        .await
+        .cache_status()
+        .contains("stale-while-revalidate"));
     let refreshed = eventually(Duration::from_secs(3), async || origin.hits("/doc") == 2).await;
     assert!(refreshed);
-    let fresh = eventually(Duration::from_secs(3), async || p.get("/doc").await.body == "/doc#1").await;
+    let fresh = eventually(Duration::from_secs(3), async || {
+        p.get("/doc").await.body == "/doc#1"
+    })
+    .await;
     assert!(fresh, "the refreshed copy is served");
 }
 
@@ -175,12 +222,21 @@ async fn a_refresh_that_finds_the_upstream_full_is_skipped_and_retried_later() {
 async fn rate_limit_rejects_above_the_rate() {
     let origin = slow_origin().await;
     // 5 a minute: a burst of 5, then one every 12 s; no waiting.
-    let p = Proxy::start(&yaml(&origin.url(), "rate_limit: 5/m, queue_timeout: 0s", "ttl: 60s")).await;
+    let p = Proxy::start(&yaml(
+        &origin.url(),
+        "rate_limit: 5/m, queue_timeout: 0s",
+        "ttl: 60s",
+    ))
+    .await;
     let mut statuses = Vec::new();
     for i in 0..8 {
         let r = p.get(&format!("/r{i}")).await;
         if r.status == 503 {
-            assert!(r.cache_status().contains("detail=rate-limited"), "{}", r.cache_status());
+            assert!(
+                r.cache_status().contains("detail=rate-limited"),
+                "{}",
+                r.cache_status()
+            );
             let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
             assert!((1..=12).contains(&retry), "retry-after {retry}");
         }
@@ -229,22 +285,38 @@ async fn the_breaker_opens_serves_stale_half_opens_and_closes() {
     }
     let ready = proxy::send(&proxy::client(), "GET", &admin, &[]).await;
     assert_eq!(ready.status, 200, "still ready: the cache is serving");
-    assert!(ready.body.contains("upstream origin: breaker open"), "{}", ready.body);
+    assert!(
+        ready.body.contains("upstream origin: breaker open"),
+        "{}",
+        ready.body
+    );
 
     // Open: the stale copy at once, without an origin request; 503 for the rest.
     let stale = p.get("/a").await;
     assert_eq!((stale.status, stale.body.as_str()), (200, "/a#0"));
-    assert!(stale.cache_status().contains("detail=stale-if-error"), "{}", stale.cache_status());
+    assert!(
+        stale.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        stale.cache_status()
+    );
     assert_eq!(origin.hits("/a"), 1);
     let busy = p.get("/new").await;
     assert_eq!(busy.status, 503);
-    assert!(busy.cache_status().contains("detail=breaker-open"), "{}", busy.cache_status());
+    assert!(
+        busy.cache_status().contains("detail=breaker-open"),
+        "{}",
+        busy.cache_status()
+    );
     assert_eq!(busy.header("retry-after"), Some("1"));
     assert_eq!(origin.hits("/new"), 0, "an open breaker sends nothing");
 
     // After open_for one probe goes through; a failed probe re-opens it.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(p.get("/p1").await.status, 500, "the probe reached the origin");
+    assert_eq!(
+        p.get("/p1").await.status,
+        500,
+        "the probe reached the origin"
+    );
     assert_eq!(p.get("/p2").await.status, 503, "re-opened");
     assert_eq!(origin.hits("/p2"), 0);
 
@@ -255,8 +327,16 @@ async fn the_breaker_opens_serves_stale_half_opens_and_closes() {
         let url = p.url("/slow-probe");
         async move { proxy::send(&proxy::client(), "GET", &url, &[]).await.status }
     });
-    assert!(eventually(Duration::from_secs(3), async || origin.hits("/slow-probe") == 1).await);
-    assert_eq!(p.get("/during").await.status, 503, "half-open: one probe at a time");
+    assert!(
+        eventually(Duration::from_secs(3), async || origin.hits("/slow-probe")
+            == 1)
+        .await
+    );
+    assert_eq!(
+        p.get("/during").await.status,
+        503,
+        "half-open: one probe at a time"
+    );
     assert_eq!(probe.await.unwrap(), 200);
 
     // Closed again.
@@ -282,9 +362,21 @@ fn check_names_the_field_of_a_bad_protection_value() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.yaml");
     for (field, value, want) in [
-        ("max_concurrency", "0", "upstreams.api.max_concurrency: 0 is out of range"),
-        ("rate_limit", "lots", "upstreams.api.rate_limit: \"lots\" is not a rate"),
-        ("queue_timeout", "1 s", "upstreams.api.queue_timeout: \"1 s\" is not a duration"),
+        (
+            "max_concurrency",
+            "0",
+            "upstreams.api.max_concurrency: 0 is out of range",
+        ),
+        (
+            "rate_limit",
+            "lots",
+            "upstreams.api.rate_limit: \"lots\" is not a rate",
+        ),
+        (
+            "queue_timeout",
+            "1 s",
+            "upstreams.api.queue_timeout: \"1 s\" is not a duration",
+        ),
     ] {
         std::fs::write(
             &path,
@@ -306,4 +398,76 @@ fn check_names_the_field_of_a_bad_protection_value() {
             "{err}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_open_breaker_and_the_rejections() {
+    let origin = Origin::start(|_| Reply::ok("down").status(503)).await;
+    let (port, admin_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    let config = yaml(
+        &origin.url(),
+        "breaker: { failures: 1, open_for: 1m }",
+        "ttl: 60s",
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(
+        &path,
+        format!("{config}admin: {{ listen: 127.0.0.1:{admin_port} }}\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = proxy::client();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let up = eventually(Duration::from_secs(10), async || {
+        client.get(format!("{admin}/healthz")).send().await.is_ok()
+    })
+    .await;
+    assert!(up, "cachegate did not start");
+    let base = format!("http://127.0.0.1:{port}");
+
+    let closed = proxy::send(&client, "GET", &format!("{admin}/metrics"), &[])
+        .await
+        .body;
+    let first = proxy::send(&client, "GET", &format!("{base}/a"), &[]).await;
+    let second = proxy::send(&client, "GET", &format!("{base}/b"), &[]).await;
+    let open = proxy::send(&client, "GET", &format!("{admin}/metrics"), &[])
+        .await
+        .body;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(
+        closed.contains(r#"cachegate_breaker_open{component="upstream:origin"} 0"#),
+        "{closed}"
+    );
+    assert_eq!(first.status, 503, "the origin's own 503 passes through");
+    assert_eq!(second.status, 503);
+    assert!(second.cache_status().contains("detail=breaker-open"));
+    assert_eq!(
+        origin.total(),
+        1,
+        "the open breaker kept /b from the origin"
+    );
+    assert!(
+        open.contains(r#"cachegate_breaker_open{component="upstream:origin"} 1"#),
+        "{open}"
+    );
+    assert!(
+        open.contains(
+            r#"cachegate_origin_rejected_total{upstream="origin",reason="breaker_open"} 1"#
+        ),
+        "{open}"
+    );
+}
+
+fn free_port() -> u16 {
+    crate::support::redis::free_port()
 }

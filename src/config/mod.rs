@@ -958,17 +958,18 @@ impl Validator {
         let breaker = match &u.breaker {
             None => None,
             Some(b) => {
-                let failures =
-                    match b.failures {
-                        None => 5,
-                        Some(n @ 1..=10_000) => n as u32,
-                        Some(n) => return Err(self.err(
+                let failures = match b.failures {
+                    None => 5,
+                    Some(n @ 1..=10_000) => n as u32,
+                    Some(n) => {
+                        return Err(self.err(
                             &field("breaker.failures"),
                             format!(
                                 "{n} is out of range (expected 1 to 10000 consecutive failures)"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 let open_field = field("breaker.open_for");
                 let open_for =
                     self.duration(&open_field, b.open_for.as_deref(), Duration::from_secs(10))?;

@@ -295,7 +295,9 @@ async fn lead(
     fwd: Fwd,
     permit: Permit<Shared>,
 ) -> (Response, CacheStatus) {
-    let upstream_timeout = inbound.rt.origins.upstream(route.upstream).timeout;
+    let upstream = inbound.rt.origins.upstream(route.upstream);
+    // The fetch may first queue for the upstream's guard: the lease outlasts both.
+    let upstream_timeout = upstream.timeout + upstream.protection.queue_timeout;
     let newer_than = found.as_ref().map(|e| e.stored_at);
     let headers = &inbound.upstream.headers;
     let right = state.cache.fetch_right(key, upstream_timeout).await;

@@ -14,6 +14,7 @@ mod key_properties;
 mod keys;
 mod limits;
 mod memory_bound;
+mod origin_protection;
 mod poisoning;
 mod purge;
 mod purge_api;

@@ -392,7 +392,9 @@ fn renew(
         now,
         lifetimes,
         old.vary.clone(),
-    );
+    )
+    // The same representation: its tags (origin headers and the route's) stay.
+    .with_tags(old.tags.iter().cloned());
     (entry, storability)
 }
 

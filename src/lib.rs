@@ -30,6 +30,7 @@
 //! - `admin`: health, readiness, metrics and purges.
 //! - `telemetry`: logs, OpenTelemetry traces and metric recorders.
 //! - `error`: `ProxyError`, the one error type that becomes a response.
+//! - `pipeline`: `cachegate purge` and `cachegate warm`, clients for deploy pipelines.
 //! - `devorigin`: a small origin for the demo and load tests.
 
 pub mod admin;
@@ -39,6 +40,7 @@ pub mod config;
 pub mod conn;
 pub mod devorigin;
 pub mod error;
+pub mod pipeline;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -14,6 +14,7 @@ mod key_properties;
 mod keys;
 mod limits;
 mod memory_bound;
+mod pipeline_cli;
 mod poisoning;
 mod purge;
 mod redis_store;

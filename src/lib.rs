@@ -42,6 +42,7 @@ pub mod devorigin;
 pub mod error;
 pub mod pipeline;
 pub mod proxy;
+pub mod purge;
 pub mod reload;
 pub mod server;
 pub mod telemetry;

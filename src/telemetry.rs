@@ -180,6 +180,14 @@ pub fn record_store_error(op: &'static str) {
 }
 
 /// A config reload: `applied` or `rejected`.
+/// One purge request's selector group: `cachegate_purges_total{selector,mode}` and the
+/// keys it reached, `cachegate_purged_entries_total`.
+pub fn record_purge(selector: &'static str, mode: &'static str, purged: u64) {
+    metrics::counter!("cachegate_purges_total", "selector" => selector, "mode" => mode)
+        .increment(1);
+    metrics::counter!("cachegate_purged_entries_total").increment(purged);
+}
+
 pub fn record_reload(result: &'static str) {
     metrics::counter!("cachegate_config_reloads_total", "result" => result).increment(1);
 }

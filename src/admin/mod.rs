@@ -11,9 +11,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
-use crate::cache::purge::{Mode, Selector};
 use crate::cache::store::Health;
-use crate::error::ProxyError;
+use crate::purge;
 use crate::telemetry;
 
 #[derive(Clone)]
@@ -96,68 +95,34 @@ async fn render_metrics(State(admin): State<Admin>) -> String {
     metrics.render()
 }
 
-/// `POST /purge?url=/users/1 | route=/users/{id} | tag=user-1 | prefix=/users/[&mode=soft]`
-/// with `Authorization: Bearer TOKEN`. Deploy pipelines call this.
+/// `POST /purge` with `Authorization: Bearer TOKEN`: a JSON body (`purge::PurgeRequest`),
+/// or the query-string form `?url=/users/1&tag=user-1&mode=soft` with no body. Deploy
+/// pipelines and `cachegate purge` call this.
 async fn purge(State(admin): State<Admin>, req: axum::extract::Request) -> Response {
-    let state = &admin.state;
-    if let Err(e) = state.admin_token_ok(bearer(req.headers())) {
-        return e.into_response();
-    }
-    let query = req.uri().query().unwrap_or("");
-    let mut selector = None;
-    let mut mode = Mode::Hard;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_encoding::percent_decode_str(value)
-            .decode_utf8_lossy()
-            .into_owned();
-        let chosen = match name {
-            "url" => match state.runtime().key_for(&value) {
-                Some(key) => Some(Selector::Key(key)),
-                None => {
-                    return ProxyError::BadRequest("url: no caching route matches it")
-                        .into_response()
-                }
-            },
-            "route" => Some(Selector::Route(value)),
-            "tag" => Some(Selector::Tag(value)),
-            "prefix" => Some(Selector::Prefix(value)),
-            "mode" => {
-                mode = match value.as_str() {
-                    "hard" => Mode::Hard,
-                    "soft" => Mode::Soft,
-                    _ => {
-                        return ProxyError::BadRequest("mode: expected hard or soft")
-                            .into_response()
-                    }
-                };
-                None
-            }
-            _ => {
-                return ProxyError::BadRequest("expected one of url, route, tag, prefix (and mode)")
-                    .into_response()
-            }
-        };
-        if chosen.is_some() {
-            if selector.is_some() {
-                return ProxyError::BadRequest("give exactly one of url, route, tag, prefix")
-                    .into_response();
-            }
-            selector = chosen;
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, PURGE_BODY_MAX).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = purge::Rejected(format!("the body is over {PURGE_BODY_MAX} bytes"));
+            return purge::handle(&admin.state, &parts.headers, Err(e)).await;
         }
-    }
-    let Some(selector) = selector else {
-        return ProxyError::BadRequest("give exactly one of url, route, tag, prefix")
-            .into_response();
     };
-    purge_response(state, &selector, mode).await
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        purge::PurgeRequest::from_query(parts.uri.query().unwrap_or(""))
+    } else {
+        purge::PurgeRequest::from_json(&body)
+    };
+    purge::handle(&admin.state, &parts.headers, request).await
 }
+
+/// Enough for about 10,000 URLs in one call.
+const PURGE_BODY_MAX: usize = 1 << 20;
 
 /// `POST /reload` with the admin token: re-reads the config file. 200 with what needs a
 /// restart, or 422 with the error (the running config stays).
 async fn reload(State(admin): State<Admin>, req: axum::extract::Request) -> Response {
     let state = &admin.state;
-    if let Err(e) = state.admin_token_ok(bearer(req.headers())) {
+    if let Err(e) = state.admin_token_ok(purge::bearer(req.headers())) {
         return e.into_response();
     }
     let Some(path) = state.config_path() else {
@@ -183,31 +148,3 @@ async fn reload(State(admin): State<Admin>, req: axum::extract::Request) -> Resp
     }
 }
 
-/// Runs a purge and renders `{"purged":N,"mode":"hard"}`.
-pub async fn purge_response(state: &AppState, selector: &Selector, mode: Mode) -> Response {
-    match state.cache.purge(selector, mode).await {
-        Ok(n) => {
-            let mode = match mode {
-                Mode::Hard => "hard",
-                Mode::Soft => "soft",
-            };
-            let mut resp = format!("{{\"purged\":{n},\"mode\":\"{mode}\"}}\n").into_response();
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        Err(e) => ProxyError::Store(e.to_string()).into_response(),
-    }
-}
-
-/// The token from `Authorization: Bearer TOKEN`.
-pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}

@@ -92,7 +92,6 @@ impl CacheEntry {
             .into_iter()
             .map(|(name, value)| (name, value.map(|v| v.into_boxed_str().into_string())))
             .collect();
-        let tags = tags(&headers);
         let fresh_until = now + lifetimes.fresh;
         CacheEntry {
             status,
@@ -104,7 +103,7 @@ impl CacheEntry {
             stale_until: fresh_until + lifetimes.stale,
             error_until: fresh_until + lifetimes.stale_if_error,
             vary,
-            tags,
+            tags: Vec::new(),
             fetch_time: Duration::ZERO,
             heap: 0,
         }
@@ -327,9 +326,11 @@ pub fn vary_values(request: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName
         .collect()
 }
 
-fn tags(headers: &HeaderMap) -> Vec<String> {
+/// The tags a response's tag headers (`Surrogate-Key`, `Cache-Tag`, or the configured
+/// `tag_headers`) give it: values split on spaces and commas, each once.
+pub fn header_tags(headers: &HeaderMap, names: &[HeaderName]) -> Vec<String> {
     let mut tags = Vec::new();
-    for name in ["surrogate-key", "cache-tag"] {
+    for name in names {
         for v in headers.get_all(name) {
             let Ok(v) = v.to_str() else { continue };
             for t in v.split([' ', ',']).map(str::trim).filter(|t| !t.is_empty()) {

@@ -26,9 +26,10 @@ pub enum Selector {
 
 /// Hard purges remove; soft purges mark stale, so the next request is served at once
 /// while one refresh runs (and stale-if-error still protects against a failing origin).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
     Soft,
+    #[default]
     Hard,
 }
 

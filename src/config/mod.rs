@@ -44,6 +44,8 @@ pub struct Config {
     /// The HTTPS listener, beside the plain one.
     pub tls: Option<ListenerTls>,
     pub shutdown: Shutdown,
+    /// Response headers that tag entries (`tag_headers`), lower-case.
+    pub tag_headers: Vec<HeaderName>,
 }
 
 /// `tls:` at the top level: where HTTPS is served and the PEM files it serves with.
@@ -141,6 +143,26 @@ pub struct Route {
     pub show_key: bool,
     /// Request headers never forwarded on this route (`strip_headers`).
     pub strip_headers: Vec<HeaderName>,
+    /// Tag templates (`user:{id}`): every `{name}` is a path parameter of the route.
+    pub tags: Vec<String>,
+    /// Whether the tag headers reach clients.
+    pub expose_tags: bool,
+}
+
+impl Route {
+    /// The route's tags for a request with these (canonical) path parameters.
+    pub fn tags_for(&self, params: &[(String, String)]) -> Vec<String> {
+        self.tags
+            .iter()
+            .map(|t| {
+                let mut tag = t.clone();
+                for (name, value) in params {
+                    tag = tag.replace(&format!("{{{name}}}"), value);
+                }
+                tag
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -537,6 +559,8 @@ impl Validator {
                 key: KeySpec::new(query, query_ignore, headers),
                 show_key: r.show_key.unwrap_or(false),
                 strip_headers,
+                tags: self.route_tags(&f("tags"), &r.path, r.tags.as_deref().unwrap_or(&[]))?,
+                expose_tags: r.expose_tags.unwrap_or(false),
             }));
         }
         if routes.is_empty() {
@@ -645,7 +669,47 @@ impl Validator {
             warnings,
             tls,
             shutdown,
+            tag_headers: match &raw.tag_headers {
+                None => vec![
+                    HeaderName::from_static("surrogate-key"),
+                    HeaderName::from_static("cache-tag"),
+                ],
+                Some(names) => self.header_names("tag_headers", names)?,
+            },
         })
+    }
+
+    /// Tag templates, each `{name}` checked against the path's parameters.
+    fn route_tags(&self, field: &str, path: &str, tags: &[String]) -> Result<Vec<String>, ConfigError> {
+        let params: Vec<&str> = path
+            .split('{')
+            .skip(1)
+            .filter_map(|p| p.split_once('}'))
+            .map(|(name, _)| name.trim_start_matches('*'))
+            .collect();
+        for (j, tag) in tags.iter().enumerate() {
+            if tag.trim().is_empty() || tag.contains([' ', ',']) {
+                return Err(self.err(
+                    &format!("{field}[{j}]"),
+                    format!("{tag:?}: a tag is one word (no spaces or commas)"),
+                ));
+            }
+            for part in tag.split('{').skip(1) {
+                let Some((name, _)) = part.split_once('}') else {
+                    return Err(self.err(&format!("{field}[{j}]"), format!("{tag:?}: unclosed {{")));
+                };
+                if !params.contains(&name) {
+                    return Err(self.err(
+                        &format!("{field}[{j}]"),
+                        format!(
+                            "{tag:?}: {{{name}}} is not a parameter of {path:?} (parameters: {})",
+                            params.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(tags.to_vec())
     }
 
     /// A duration greater than zero (a zero timeout would close every connection).

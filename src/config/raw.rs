@@ -27,6 +27,9 @@ pub struct RawConfig {
     /// Peers (CIDRs) whose `X-Forwarded-*` headers are believed and extended.
     pub trusted_proxies: Option<Vec<String>>,
     pub routes: Vec<RawRoute>,
+    /// Response headers whose values tag entries for purges (default: Surrogate-Key,
+    /// Cache-Tag); values split on spaces and commas.
+    pub tag_headers: Option<Vec<String>>,
     /// An HTTPS listener beside the plain `listen`.
     pub tls: Option<RawListenerTls>,
     #[serde(default)]
@@ -184,6 +187,11 @@ pub struct RawRoute {
     pub key: RawKey,
     /// Request headers never forwarded on this route.
     pub strip_headers: Option<Vec<String>>,
+    /// Tags every entry of the route carries, with `{param}` from the path:
+    /// `["user:{id}", "users"]`.
+    pub tags: Option<Vec<String>>,
+    /// Pass the tag headers on to clients (default: removed).
+    pub expose_tags: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,7 +46,7 @@ impl EdgePolicy {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 
-    fn allows(&self, host: &str) -> bool {
+    pub fn allows(&self, host: &str) -> bool {
         if self.hosts.is_empty() {
             return true;
         }

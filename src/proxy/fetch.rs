@@ -156,6 +156,7 @@ pub async fn fetch(
     };
 
     let vary = variant_names(route, &parts.headers);
+    let tags = entry_tags(route, key, &parts.headers, &inbound.rt.config.tag_headers);
     parts.headers.remove(header::AGE);
     // `private="f"` / `no-cache="f"`: f is for this client only, never stored.
     let mut withheld = HeaderMap::new();
@@ -178,7 +179,8 @@ pub async fn fetch(
             lifetimes,
             vary_values(&inbound.upstream.headers, &vary),
         )
-        .with_fetch_time(started.elapsed()),
+        .with_fetch_time(started.elapsed())
+        .with_tags(tags),
     );
     status.stored = state.cache.store_entry(key, entry.clone()).await;
     if !status.stored {
@@ -200,6 +202,21 @@ pub async fn fetch(
 
 /// A response that is not stored streams through to this client; waiters go to the
 /// origin themselves (a private answer is never shared).
+/// An entry's tags: from the origin's tag headers, then the route's `tags:`.
+fn entry_tags(
+    route: &Route,
+    key: &str,
+    response: &http::HeaderMap,
+    tag_headers: &[HeaderName],
+) -> Vec<String> {
+    let mut tags = crate::cache::entry::header_tags(response, tag_headers);
+    if !route.tags.is_empty() {
+        let params = crate::proxy::key::params_of(key).unwrap_or_default();
+        tags.extend(route.tags_for(&params));
+    }
+    tags
+}
+
 fn not_stored(inbound: &Inbound, response: Response, status: CacheStatus) -> Fetched {
     Fetched {
         response: respond::passthrough(response, &inbound.parts.method, &status),

@@ -117,8 +117,21 @@ pub fn template_of(key: &str) -> &str {
 /// The request path a key stands for: its template with the parameters put back.
 /// `None` when the key is not of this format.
 pub fn path_of(key: &str) -> Option<String> {
+    let template = template_of(key);
+    let params = params_of(key)?;
+    let mut path = template.to_string();
+    for (name, value) in params {
+        for pattern in [format!("{{*{name}}}"), format!("{{{name}}}")] {
+            path = path.replace(&pattern, &value);
+        }
+    }
+    Some(path)
+}
+
+/// The path parameters a key was built with, decoded.
+pub fn params_of(key: &str) -> Option<Vec<(String, String)>> {
     let mut parts = key.split('|');
-    let template = parts.next()?;
+    parts.next()?;
     let params: Vec<(String, String)> = parts
         .next()?
         .split('&')
@@ -130,13 +143,7 @@ pub fn path_of(key: &str) -> Option<String> {
             Some((unescape(n), unescape(v)))
         })
         .collect();
-    let mut path = template.to_string();
-    for (name, value) in params {
-        for pattern in [format!("{{*{name}}}"), format!("{{{name}}}")] {
-            path = path.replace(&pattern, &value);
-        }
-    }
-    Some(path)
+    Some(params)
 }
 
 fn push_pair(key: &mut String, name: &str, value: &str) {

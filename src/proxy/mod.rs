@@ -29,7 +29,7 @@ use crate::app::{AppState, Runtime};
 use crate::cache::entry::Freshness;
 use crate::cache::lock::{Lock, Permit, WaitError};
 use crate::cache::policy::{self, RequestDirectives, Reuse};
-use crate::cache::purge::{Mode, Selector};
+use crate::purge;
 use crate::cache::FetchRight;
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
 use crate::config::Route;
@@ -87,6 +87,12 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
             resp.headers_mut().remove(field);
         }
         resp.headers_mut().remove("surrogate-control");
+        // Tags are for purges, not for clients (they may name internal ids).
+        if !route.expose_tags {
+            for name in &rt.config.tag_headers {
+                resp.headers_mut().remove(name);
+            }
+        }
         crate::telemetry::record_request(
             &route.template,
             &status,
@@ -196,25 +202,19 @@ async fn dispatch(
 }
 
 /// `PURGE /path?query` with the admin token: every variant of that URL's entry;
-/// `Purge-Mode: soft` marks it stale instead of removing it.
+/// `Purge-Mode: soft` (or `Fastly-Soft-Purge: 1`) marks it stale instead of removing it.
 async fn purge_url(state: &AppState, parts: &Parts) -> Response {
-    if let Err(e) = state.admin_token_ok(crate::admin::bearer(&parts.headers)) {
-        return e.into_response();
-    }
     let target = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let Some(key) = state.runtime().key_for(target) else {
-        return ProxyError::NoRoute.into_response();
+    let request = purge::PurgeRequest {
+        urls: vec![target.to_string()],
+        soft: purge::soft_requested(&parts.headers),
+        ..Default::default()
     };
-    let soft = parts
-        .headers
-        .get("purge-mode")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"soft"));
-    let mode = if soft { Mode::Soft } else { Mode::Hard };
-    crate::admin::purge_response(state, &Selector::Key(key), mode).await
+    purge::handle(state, &parts.headers, Ok(request)).await
 }
 
 /// GET and HEAD: serve from the store when possible, else fetch once for everyone.

@@ -29,7 +29,20 @@ pub async fn admin_purge(admin: &str, query: &str, token: &str) -> (u16, String)
         .send()
         .await
         .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    let status = r.status().as_u16();
+    (status, summary(&r.text().await.unwrap()))
+}
+
+/// A purge answer as `{"purged":TOTAL,"mode":"MODE"}\n` (the counts per selector
+/// dropped), or the body as it was when it is not a purge answer.
+pub fn summary(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return body.to_string();
+    };
+    match (v["total"].as_u64(), v["mode"].as_str()) {
+        (Some(total), Some(mode)) => format!("{{\"purged\":{total},\"mode\":\"{mode}\"}}\n"),
+        _ => body.to_string(),
+    }
 }
 
 /// Polls `done` every 20 ms for at most `limit`; false when it never held.

@@ -102,7 +102,10 @@ impl PurgeRequest {
             if let Some(t) = self.tags.iter().find(|t| t.is_empty()) {
                 return Err(Rejected(format!("tags: {t:?} is empty")));
             }
-            groups.push(("tags", self.tags.iter().cloned().map(Selector::Tag).collect()));
+            groups.push((
+                "tags",
+                self.tags.iter().cloned().map(Selector::Tag).collect(),
+            ));
         }
         if !self.routes.is_empty() {
             let known: Vec<&str> = rt
@@ -120,7 +123,10 @@ impl PurgeRequest {
                     )));
                 }
             }
-            groups.push(("routes", self.routes.iter().cloned().map(Selector::Route).collect()));
+            groups.push((
+                "routes",
+                self.routes.iter().cloned().map(Selector::Route).collect(),
+            ));
         }
         if !self.prefixes.is_empty() {
             if let Some(p) = self.prefixes.iter().find(|p| !p.starts_with('/')) {
@@ -128,7 +134,11 @@ impl PurgeRequest {
             }
             groups.push((
                 "prefixes",
-                self.prefixes.iter().cloned().map(Selector::Prefix).collect(),
+                self.prefixes
+                    .iter()
+                    .cloned()
+                    .map(Selector::Prefix)
+                    .collect(),
             ));
         }
         if groups.is_empty() {
@@ -152,10 +162,14 @@ fn url_key(rt: &Runtime, url: &str) -> Result<String, Rejected> {
             .map_err(|_| Rejected(format!("urls: {url:?} has an invalid host")))?;
         let edge = &rt.config.edge;
         if !edge.hosts.is_empty() && !edge.allows(&host) {
-            return Err(Rejected(format!("urls: {url:?}: host {host} is not served here")));
+            return Err(Rejected(format!(
+                "urls: {url:?}: host {host} is not served here"
+            )));
         }
     } else if !url.starts_with('/') {
-        return Err(Rejected(format!("urls: {url:?} must be a path or an absolute URL")));
+        return Err(Rejected(format!(
+            "urls: {url:?} must be a path or an absolute URL"
+        )));
     }
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     rt.key_for(target)
@@ -204,14 +218,21 @@ pub async fn execute(state: &AppState, plan: &Plan) -> Response {
 }
 
 /// Checks the token, resolves and applies `request`.
-pub async fn handle(state: &AppState, headers: &HeaderMap, request: Result<PurgeRequest, Rejected>) -> Response {
+pub async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: Result<PurgeRequest, Rejected>,
+) -> Response {
     if let Err(e) = state.admin_token_ok(bearer(headers)) {
         return e.into_response();
     }
     let plan = request.and_then(|r| r.plan(&state.runtime()));
     match plan {
         Ok(plan) => execute(state, &plan).await,
-        Err(Rejected(message)) => json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": message })),
+        Err(Rejected(message)) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": message }),
+        ),
     }
 }
 

@@ -147,4 +147,3 @@ async fn reload(State(admin): State<Admin>, req: axum::extract::Request) -> Resp
             .into_response(),
     }
 }
-

@@ -680,7 +680,12 @@ impl Validator {
     }
 
     /// Tag templates, each `{name}` checked against the path's parameters.
-    fn route_tags(&self, field: &str, path: &str, tags: &[String]) -> Result<Vec<String>, ConfigError> {
+    fn route_tags(
+        &self,
+        field: &str,
+        path: &str,
+        tags: &[String],
+    ) -> Result<Vec<String>, ConfigError> {
         let params: Vec<&str> = path
             .split('{')
             .skip(1)

@@ -29,11 +29,11 @@ use crate::app::{AppState, Runtime};
 use crate::cache::entry::Freshness;
 use crate::cache::lock::{Lock, Permit, WaitError};
 use crate::cache::policy::{self, RequestDirectives, Reuse};
-use crate::purge;
 use crate::cache::FetchRight;
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
 use crate::config::Route;
 use crate::error::ProxyError;
+use crate::purge;
 use canonical::{Forwarding, Peer, UpstreamRequest};
 
 pub use crate::cache::Shared;

@@ -83,7 +83,10 @@ async fn purge_on_one_replica_drops_the_url_from_the_others_within_100ms() {
         .await;
     let done = Instant::now();
     assert_eq!(
-        (purged.status, crate::support::fleet::summary(&purged.body).as_str()),
+        (
+            purged.status,
+            crate::support::fleet::summary(&purged.body).as_str()
+        ),
         (200, "{\"purged\":1,\"mode\":\"hard\"}\n")
     );
     // Neither serves the purged copy any more: B misses and fetches, then C finds B's

@@ -172,6 +172,10 @@ async fn purge_of_an_unknown_route_is_rejected_with_4() {
     let (code, _, err) = text(&out);
     assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("rejected (400)"), "{err}");
+    assert!(
+        err.contains("known: /users/{id}"),
+        "the server's reason is shown: {err}"
+    );
     assert!(!err.contains("retry"), "a 400 is not retried: {err}");
 }
 
@@ -348,6 +352,7 @@ async fn purge_by_tag_prints_the_counts_and_the_next_request_goes_to_the_origin(
         "purged: fetched again"
     );
     assert_eq!(b.get("/other").await.body, "/other #0", "another tag stays");
+    assert_eq!(b.get("/users/2").await.body, "/users/2 #1");
 
     let out = cli(
         &[
@@ -494,4 +499,48 @@ async fn warm_sends_keyed_headers_to_the_origin() {
         "{}",
         other.cache_status()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_purge_then_warm_refreshes_each_entry_once() {
+    let origin = Origin::start(tagged).await;
+    let b = Binary::start(&origin, ROUTES).await;
+    let warm = [
+        "warm",
+        "--proxy",
+        b.proxy.as_str(),
+        "/users/1",
+        "/users/2",
+        "/other",
+    ];
+    let (code, stdout, err) = text(&cli(&warm, &[]).await);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(stdout.contains("3 stored"), "{stdout}");
+
+    let token = [("CACHEGATE_ADMIN_TOKEN", TOKEN)];
+    let out = cli(
+        &["purge", "--admin", &b.admin, "--tag", "users", "--soft"],
+        &token,
+    )
+    .await;
+    let (code, stdout, err) = text(&out);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(stdout, "purged 2 entries (soft): tags 2\n");
+
+    // Stale copies answer at once; warm's requests start their one refresh each.
+    let (code, stdout, err) = text(&cli(&warm, &[]).await);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        stdout.contains("2 stored, 1 already fresh, 0 not cacheable, 0 failed"),
+        "{stdout}"
+    );
+    let refreshed = crate::support::fleet::eventually(Duration::from_secs(5), async || {
+        origin.hits("/users/1") == 2 && origin.hits("/users/2") == 2
+    })
+    .await;
+    assert!(refreshed, "one refresh per purged entry");
+    assert_eq!(origin.hits("/other"), 1);
+    let (_, stdout, _) = text(&cli(&warm, &[]).await);
+    assert!(stdout.contains("0 stored, 3 already fresh"), "{stdout}");
+    assert_eq!(origin.total(), 5, "no further origin requests");
 }

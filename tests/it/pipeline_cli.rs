@@ -543,4 +543,11 @@ async fn soft_purge_then_warm_refreshes_each_entry_once() {
     let (_, stdout, _) = text(&cli(&warm, &[]).await);
     assert!(stdout.contains("0 stored, 3 already fresh"), "{stdout}");
     assert_eq!(origin.total(), 5, "no further origin requests");
+    let out = cli(&["purge", "--admin", &b.admin, "--tag", "users"], &token).await;
+    let (code, stdout, err) = text(&out);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        stdout, "purged 2 entries (hard): tags 2\n",
+        "refreshed entries keep their tags"
+    );
 }

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::proxy::origin::Origins;
 use crate::proxy::route::RouteTable;
+use crate::proxy::upstream_guard::Guard;
 use crate::proxy::{canonical, key};
 
 /// Everything derived from the config: swapped whole, atomically, on reload. A request
@@ -20,15 +21,30 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub routes: RouteTable,
     pub origins: Origins,
+    /// Origin protection, indexed like `config.upstreams`. Carried over from the previous
+    /// runtime for upstreams whose protection settings did not change, so a reload
+    /// neither resets the breaker nor forgets the requests in flight.
+    pub guards: Vec<Arc<Guard>>,
 }
 
 impl Runtime {
     pub fn new(config: Config) -> Self {
+        Self::after(config, &[])
+    }
+
+    /// The runtime for `config`, keeping the guards in `previous` that still apply.
+    pub fn after(config: Config, previous: &[Arc<Guard>]) -> Self {
         Runtime {
             routes: RouteTable::new(&config.routes),
             origins: Origins::new(&config.upstreams),
+            guards: Guard::reuse(&config.upstreams, previous),
             config: Arc::new(config),
         }
+    }
+
+    /// The guard of upstream `index` (as routes name it).
+    pub fn guard(&self, index: usize) -> &Arc<Guard> {
+        &self.guards[index]
     }
 
     /// The cache key a path (with query) maps to, if its route caches: the key a GET
@@ -128,7 +144,8 @@ impl AppState {
                 }
             }
         }
-        self.runtime.store(Arc::new(Runtime::new(config)));
+        self.runtime
+            .store(Arc::new(Runtime::after(config, &old.guards)));
         notes
     }
 

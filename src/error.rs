@@ -28,6 +28,50 @@ pub enum ProxyError {
     PurgeDisabled,
     #[error("store failed: {0}")]
     Store(String),
+    /// cachegate did not send the request: the upstream is at its limit or its breaker
+    /// is open (`proxy::upstream_guard`).
+    #[error("origin request not sent: {}", reason.as_str())]
+    OriginBusy {
+        reason: RejectReason,
+        /// Whole seconds, at least 1: the `Retry-After` value.
+        retry_after: u64,
+    },
+}
+
+/// Why an origin request was not sent (`proxy::upstream_guard`); also the `reason`
+/// label of `cachegate_origin_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `max_concurrency` requests were in flight for all of `queue_timeout`.
+    QueueTimeout,
+    /// The token bucket had no token within `queue_timeout`.
+    RateLimit,
+    /// The breaker is open (or half-open with its probe out).
+    BreakerOpen,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::QueueTimeout => "queue_timeout",
+            RejectReason::RateLimit => "rate_limit",
+            RejectReason::BreakerOpen => "breaker_open",
+        }
+    }
+}
+
+impl ProxyError {
+    /// A rejection, with `retry_after` rounded up to whole seconds (at least 1).
+    pub fn origin_busy(reason: RejectReason, retry_after: std::time::Duration) -> Self {
+        let mut secs = retry_after.as_secs();
+        if retry_after.subsec_nanos() > 0 || secs == 0 {
+            secs += 1;
+        }
+        ProxyError::OriginBusy {
+            reason,
+            retry_after: secs,
+        }
+    }
 }
 
 /// Who caused a failure, for logs and metrics.
@@ -49,7 +93,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::PurgeDisabled => StatusCode::FORBIDDEN,
-            ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Store(_) | ProxyError::OriginBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -57,7 +101,8 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTimeout
-            | ProxyError::Upstream(_) => Side::Upstream,
+            | ProxyError::Upstream(_)
+            | ProxyError::OriginBusy { .. } => Side::Upstream,
             _ => Side::Downstream,
         }
     }
@@ -78,6 +123,10 @@ impl ProxyError {
                 "purge is disabled: set admin.token or CACHEGATE_ADMIN_TOKEN"
             }
             ProxyError::Store(_) => "the store could not apply the purge; try again",
+            ProxyError::OriginBusy { reason, .. } => match reason {
+                RejectReason::BreakerOpen => "origin unavailable (circuit open); retry later",
+                RejectReason::QueueTimeout | RejectReason::RateLimit => "origin busy; retry later",
+            },
         }
     }
 }
@@ -85,6 +134,10 @@ impl ProxyError {
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), format!("{}\n", self.public_reason())).into_response();
+        if let ProxyError::OriginBusy { retry_after, .. } = &self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after));
+        }
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("text/plain; charset=utf-8"),

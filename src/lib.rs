@@ -24,7 +24,8 @@
 //! - `tls`: certificates and keys from PEM files, for the listener and HTTPS upstreams.
 //! - `proxy`: the request path: `canonical` (the one canonical request the key and the
 //!   upstream request come from), `route`, `key`, `fetch`, `origin`, `respond`,
-//!   `refresh`; `explain` (`cachegate key`).
+//!   `refresh`, `upstream_guard` (concurrency, rate limit and breaker per upstream);
+//!   `explain` (`cachegate key`).
 //! - `cache`: `Cache` (store + single flight + lease + hit-for-miss), entries, pure policy, purge selectors, the single-flight lock, status enums
 //!   and stores (memory; Redis with an L1 in front).
 //! - `admin`: health, readiness, metrics and purges.

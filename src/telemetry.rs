@@ -175,6 +175,23 @@ pub fn record_refresh(route: &Arc<str>, result: &'static str) {
         .increment(1);
 }
 
+/// An upstream's breaker opened (`true`) or closed.
+pub fn record_breaker_open(upstream: &str, open: bool) {
+    let component = format!("upstream:{upstream}");
+    metrics::gauge!("cachegate_breaker_open", "component" => component).set(if open {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// An origin request cachegate did not send (`reason`: queue_timeout, rate_limit,
+/// breaker_open).
+pub fn record_origin_rejected(upstream: &str, reason: &'static str) {
+    metrics::counter!("cachegate_origin_rejected_total", "upstream" => upstream.to_string(), "reason" => reason)
+        .increment(1);
+}
+
 pub fn record_store_error(op: &'static str) {
     metrics::counter!("cachegate_store_errors_total", "op" => op).increment(1);
 }

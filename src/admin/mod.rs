@@ -63,7 +63,8 @@ pub fn router_with(
 
 /// Ready even when the store is degraded: requests are still served (from the origin),
 /// so taking the replica out of rotation would only shift load. The body says which.
-/// Draining (after SIGTERM) is the one not-ready state.
+/// Draining (after SIGTERM) is the one not-ready state. Upstreams whose breaker is open
+/// are named (`upstream api: breaker open`), still 200.
 async fn ready(State(admin): State<Admin>) -> Response {
     if admin.readiness.is_draining() {
         return (
@@ -77,7 +78,12 @@ async fn ready(State(admin): State<Admin>) -> Response {
         Health::Ok => "ok",
         Health::Degraded => "degraded",
     };
-    format!("ready\nstore: {} {health}\n", store.name()).into_response()
+    let mut body = format!("ready\nstore: {} {health}\n", store.name());
+    // Still ready with an upstream's breaker open: its cached copies are being served.
+    body.push_str(&crate::proxy::upstream_guard::open_upstreams(
+        &admin.state.runtime().guards,
+    ));
+    body.into_response()
 }
 
 async fn render_metrics(State(admin): State<Admin>) -> String {

@@ -48,6 +48,12 @@ pub enum Detail {
     HitForMiss,
     StoreError,
     NotModified,
+    /// Not sent: the upstream's `max_concurrency` stayed full for `queue_timeout`.
+    OriginBusy,
+    /// Not sent: the upstream's `rate_limit` had no token in time.
+    RateLimited,
+    /// Not sent: the upstream's breaker is open.
+    BreakerOpen,
 }
 
 impl Detail {
@@ -71,6 +77,9 @@ impl Detail {
             Detail::HitForMiss => "hit-for-miss",
             Detail::StoreError => "store-error",
             Detail::NotModified => "revalidated",
+            Detail::OriginBusy => "origin-busy",
+            Detail::RateLimited => "rate-limited",
+            Detail::BreakerOpen => "breaker-open",
         }
     }
 }

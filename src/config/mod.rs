@@ -94,6 +94,36 @@ pub struct Upstream {
     pub http2: Http2,
     /// Set for `https://` upstreams.
     pub tls: Option<UpstreamTls>,
+    /// What protects the origin (`max_concurrency`, `rate_limit`, `breaker`).
+    pub protection: Protection,
+}
+
+/// An upstream's origin protection; `proxy::upstream_guard` enforces it. Compared on
+/// reload: an upstream whose protection is unchanged keeps its guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protection {
+    /// `None`: unbounded.
+    pub max_concurrency: Option<usize>,
+    /// How long a miss or pass-through waits for a slot or a token.
+    pub queue_timeout: Duration,
+    pub rate_limit: Option<RateLimit>,
+    pub breaker: Option<BreakerSettings>,
+}
+
+/// `rate_limit: 200/s`: `requests` per `per`, a burst of `requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+}
+
+/// `breaker: { failures: 5, open_for: 10s }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive connect errors, timeouts or 5xx that open it.
+    pub failures: u32,
+    /// How long it stays open before one probe is let through.
+    pub open_for: Duration,
 }
 
 /// `upstreams.NAME.http2`.
@@ -945,10 +975,12 @@ impl Validator {
                     })?,
             ),
         };
+        let protection = self.protection(name, u)?;
         Ok(Upstream {
             host,
             http2,
             tls,
+            protection,
             name: name.to_string(),
             scheme,
             authority,
@@ -963,6 +995,64 @@ impl Validator {
                 u.timeout.as_deref(),
                 Duration::from_secs(10),
             )?,
+        })
+    }
+
+    fn protection(&self, name: &str, u: &raw::RawUpstream) -> Result<Protection, ConfigError> {
+        let field = |f: &str| format!("upstreams.{name}.{f}");
+        let max_concurrency = match u.max_concurrency {
+            None => None,
+            Some(n @ 1..=1_000_000) => Some(n as usize),
+            Some(n) => {
+                return Err(self.err(
+                    &field("max_concurrency"),
+                    format!("{n} is out of range (expected 1 to 1000000 requests in flight)"),
+                ))
+            }
+        };
+        let queue_timeout = self.duration(
+            &field("queue_timeout"),
+            u.queue_timeout.as_deref(),
+            Duration::from_secs(1),
+        )?;
+        let rate_limit = match u.rate_limit.as_deref() {
+            None => None,
+            Some(s) => Some(parse_rate(s).ok_or_else(|| {
+                self.err(
+                    &field("rate_limit"),
+                    format!("{s:?} is not a rate (expected e.g. 200/s, 600/m; at least 1)"),
+                )
+            })?),
+        };
+        let breaker = match &u.breaker {
+            None => None,
+            Some(b) => {
+                let failures = match b.failures {
+                    None => 5,
+                    Some(n @ 1..=10_000) => n as u32,
+                    Some(n) => {
+                        return Err(self.err(
+                            &field("breaker.failures"),
+                            format!(
+                                "{n} is out of range (expected 1 to 10000 consecutive failures)"
+                            ),
+                        ))
+                    }
+                };
+                let open_field = field("breaker.open_for");
+                let open_for =
+                    self.duration(&open_field, b.open_for.as_deref(), Duration::from_secs(10))?;
+                if open_for.is_zero() {
+                    return Err(self.err(&open_field, "must be longer than 0s (expected e.g. 10s)"));
+                }
+                Some(BreakerSettings { failures, open_for })
+            }
+        };
+        Ok(Protection {
+            max_concurrency,
+            queue_timeout,
+            rate_limit,
+            breaker,
         })
     }
 
@@ -1059,6 +1149,19 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     Duration::try_from_secs_f64(secs).ok()
+}
+
+/// `200/s`, `600/m`, `10000/h`: at least one request per period.
+pub fn parse_rate(s: &str) -> Option<RateLimit> {
+    let (n, unit) = s.trim().split_once('/')?;
+    let requests: u32 = n.trim().parse().ok().filter(|n| *n >= 1)?;
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" | "min" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return None,
+    };
+    Some(RateLimit { requests, per })
 }
 
 /// `512KiB`, `8MiB`, `1GiB`, `10MB`, or a plain number of bytes.

@@ -76,6 +76,20 @@ pub struct RawUpstream {
     /// `true`, `false` or `auto` (ALPN decides).
     pub http2: Option<RawHttp2>,
     pub tls: Option<RawUpstreamTls>,
+    /// Origin requests in flight at once, all routes and refreshes together.
+    pub max_concurrency: Option<u64>,
+    /// How long a miss waits for a slot (or a rate-limit token) before it is rejected.
+    pub queue_timeout: Option<String>,
+    /// `200/s`, `600/m`: a token bucket over origin requests.
+    pub rate_limit: Option<String>,
+    pub breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failures: Option<u64>,
+    pub open_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -135,3 +135,74 @@ fn pool_size_is_accepted_with_a_warning() {
     );
     assert!(parse(GOOD).unwrap().warnings.is_empty());
 }
+
+#[test]
+fn origin_protection_settings() {
+    let c = parse(GOOD).unwrap();
+    let p = &c.upstreams[0].protection;
+    assert_eq!(p.max_concurrency, None);
+    assert_eq!(p.queue_timeout, Duration::from_secs(1));
+    assert_eq!(p.rate_limit, None);
+    assert_eq!(p.breaker, None);
+
+    let src = GOOD.replace(
+        "timeout: 10s }",
+        "timeout: 10s, max_concurrency: 8, queue_timeout: 250ms, rate_limit: 600/m, breaker: {} }",
+    );
+    let p = parse(&src).unwrap().upstreams[0].protection.clone();
+    assert_eq!(p.max_concurrency, Some(8));
+    assert_eq!(p.queue_timeout, Duration::from_millis(250));
+    assert_eq!(
+        p.rate_limit,
+        Some(RateLimit {
+            requests: 600,
+            per: Duration::from_secs(60)
+        })
+    );
+    assert_eq!(
+        p.breaker,
+        Some(BreakerSettings {
+            failures: 5,
+            open_for: Duration::from_secs(10)
+        })
+    );
+}
+
+#[test]
+fn bad_origin_protection_values_name_the_field() {
+    let with = |extra: &str| GOOD.replace("timeout: 10s }", &format!("timeout: 10s, {extra} }}"));
+    check_err(
+        &with("max_concurrency: 0"),
+        "routes.yaml:3:96: upstreams.api.max_concurrency: 0 is out of range (expected 1 to 1000000 requests in flight)",
+    );
+    check_err(
+        &with("queue_timeout: soon"),
+        "routes.yaml:3:94: upstreams.api.queue_timeout: \"soon\" is not a duration (expected e.g. 500ms, 30s, 5m, 1h)",
+    );
+    check_err(
+        &with("rate_limit: 200"),
+        "routes.yaml:3:91: upstreams.api.rate_limit: \"200\" is not a rate (expected e.g. 200/s, 600/m; at least 1)",
+    );
+    check_err(
+        &with("rate_limit: 0/s"),
+        "routes.yaml:3:91: upstreams.api.rate_limit: \"0/s\" is not a rate (expected e.g. 200/s, 600/m; at least 1)",
+    );
+    check_err(
+        &with("breaker: { failures: 0 }"),
+        "routes.yaml:3:100: upstreams.api.breaker.failures: 0 is out of range (expected 1 to 10000 consecutive failures)",
+    );
+    check_err(
+        &with("breaker: { open_for: 0s }"),
+        "routes.yaml:3:100: upstreams.api.breaker.open_for: must be longer than 0s (expected e.g. 10s)",
+    );
+    let err = parse(&with("breaker: { failurs: 3 }"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("upstreams.api.breaker.failurs: unknown field `failurs`, expected `failures` or `open_for`"),
+        "{err}"
+    );
+    assert_eq!(parse_rate("200/s").map(|r| r.requests), Some(200));
+    assert_eq!(parse_rate("200/day"), None);
+    assert_eq!(parse_rate("-1/s"), None);
+}

@@ -14,6 +14,7 @@ use http_cache_semantics::CachePolicy;
 
 use super::canonical::FORWARDED_VARIANT;
 use super::origin::{self, BodyRead};
+use super::upstream_guard::{Held, OriginPermit, Outcome, RejectReason};
 use super::{
     error_response, respond, respond_entry, serve_stale_on_error, usable_on_error, with_key,
     Inbound, Shared,
@@ -33,7 +34,9 @@ pub struct Fetched {
 }
 
 /// Fetches `key` from the origin as the flight's leader (or a background refresh),
-/// stores what may be stored and answers the client.
+/// stores what may be stored and answers the client. `permit`: the upstream's
+/// admission, already taken (a refresh); `None` waits for one (a miss), and a rejection
+/// is answered as an origin failure that never reached the origin.
 pub async fn fetch(
     state: &Arc<AppState>,
     route: &Route,
@@ -41,20 +44,35 @@ pub async fn fetch(
     inbound: &Inbound,
     stale: Option<Arc<CacheEntry>>,
     fwd: Fwd,
+    permit: Option<OriginPermit>,
 ) -> Fetched {
     let upstream = inbound.rt.origins.upstream(route.upstream);
+    let mut status = with_key(CacheStatus::forward(fwd), route, key);
+    let mut permit = match permit {
+        Some(p) => p,
+        None => match inbound.rt.guard(route.upstream).admit().await {
+            Ok(p) => p,
+            Err(rejected) => {
+                status.detail = Some(rejected_detail(rejected.reason));
+                let now = SystemTime::now();
+                let error = ProxyError::from(rejected);
+                return origin_failed(route, inbound, stale.as_deref(), now, None, error, status);
+            }
+        },
+    };
     // What this exchange costs the origin, stored with the entry for early refresh.
     let started = std::time::Instant::now();
     let sent = send_for_cache(route, inbound, stale.as_deref()).await;
     let now = SystemTime::now();
-    let mut status = with_key(CacheStatus::forward(fwd), route, key);
 
     let resp = match sent {
         Ok(resp) => resp,
         Err(error) => {
-            return origin_failed(route, inbound, stale.as_deref(), now, None, error, status)
+            permit.report(Outcome::Failure);
+            return origin_failed(route, inbound, stale.as_deref(), now, None, error, status);
         }
     };
+    permit.report_status(resp.status());
     status.fwd_status = Some(resp.status().as_u16());
 
     if resp.status().is_server_error() && stale.as_ref().is_some_and(|e| usable_on_error(e, now)) {
@@ -122,11 +140,8 @@ pub async fn fetch(
             if !parts.status.is_server_error() {
                 state.cache.hit_for_miss.insert(key.to_string(), ());
             }
-            return not_stored(
-                inbound,
-                Response::from_parts(parts, Body::new(body)),
-                status,
-            );
+            let body = Body::new(Held::new(body, permit));
+            return not_stored(inbound, Response::from_parts(parts, body), status);
         }
     };
 
@@ -136,7 +151,7 @@ pub async fn fetch(
         Ok(BodyRead::TooLarge(prefix, rest)) => {
             status.detail = Some(Detail::TooLarge);
             state.cache.hit_for_miss.insert(key.to_string(), ());
-            let body = origin::chain_body(prefix, rest);
+            let body = Body::new(Held::new(origin::chain_body(prefix, rest), permit));
             return not_stored(inbound, Response::from_parts(parts, body), status);
         }
         Err(error) => {
@@ -200,6 +215,15 @@ pub async fn fetch(
     }
 }
 
+/// The `Cache-Status` detail of a request the guard did not send.
+pub(super) fn rejected_detail(reason: RejectReason) -> Detail {
+    match reason {
+        RejectReason::QueueTimeout => Detail::OriginBusy,
+        RejectReason::RateLimit => Detail::RateLimited,
+        RejectReason::BreakerOpen => Detail::BreakerOpen,
+    }
+}
+
 /// A response that is not stored streams through to this client; waiters go to the
 /// origin themselves (a private answer is never shared).
 /// An entry's tags: from the origin's tag headers, then the route's `tags:`.
@@ -248,7 +272,11 @@ fn origin_failed(
             shared,
         };
     }
-    tracing::warn!(route = %route.template, %error, "origin request failed");
+    if matches!(error, ProxyError::OriginBusy { .. }) {
+        tracing::debug!(route = %route.template, %error, "origin request rejected");
+    } else {
+        tracing::warn!(route = %route.template, %error, "origin request failed");
+    }
     Fetched {
         response: error_response(error, &status),
         status,

@@ -10,6 +10,7 @@ pub mod origin;
 pub mod refresh;
 pub mod respond;
 pub mod route;
+pub mod upstream_guard;
 pub mod uri;
 
 use std::net::SocketAddr;
@@ -268,8 +269,10 @@ async fn lookup_or_fetch(
                 return lead(state, route, key, inbound, found, fwd, permit).await
             }
             Lock::Follower(waiter) => {
+                // The leader may queue for the upstream before its fetch.
+                let upstream = inbound.rt.origins.upstream(route.upstream);
                 let wait =
-                    inbound.rt.origins.upstream(route.upstream).timeout + Duration::from_secs(1);
+                    upstream.protection.queue_timeout + upstream.timeout + Duration::from_secs(1);
                 match waiter.wait(wait).await {
                     Ok(shared) => return follow(route, key, inbound, found, fwd, shared).await,
                     Err(WaitError::Abandoned) => continue,
@@ -292,7 +295,9 @@ async fn lead(
     fwd: Fwd,
     permit: Permit<Shared>,
 ) -> (Response, CacheStatus) {
-    let upstream_timeout = inbound.rt.origins.upstream(route.upstream).timeout;
+    let upstream = inbound.rt.origins.upstream(route.upstream);
+    // The fetch may first queue for the upstream's guard: the lease outlasts both.
+    let upstream_timeout = upstream.timeout + upstream.protection.queue_timeout;
     let newer_than = found.as_ref().map(|e| e.stored_at);
     let headers = &inbound.upstream.headers;
     let right = state.cache.fetch_right(key, upstream_timeout).await;
@@ -336,7 +341,7 @@ async fn lead(
     let task = tokio::spawn({
         let (state, route, key) = (state.clone(), route.clone(), key.to_string());
         async move {
-            let fetched = fetch(&state, &route, &key, &inbound, found, fwd).await;
+            let fetched = fetch(&state, &route, &key, &inbound, found, fwd, None).await;
             permit.release(fetched.shared);
             state.cache.give_back(&key, right).await;
             (fetched.response, fetched.status)
@@ -461,6 +466,13 @@ async fn forward(
     body: Body,
     mut status: CacheStatus,
 ) -> (Response, CacheStatus) {
+    let mut permit = match inbound.rt.guard(route.upstream).admit().await {
+        Ok(p) => p,
+        Err(rejected) => {
+            status.detail = Some(fetch::rejected_detail(rejected.reason));
+            return (error_response(rejected.into(), &status), status);
+        }
+    };
     let upstream = inbound.rt.origins.upstream(route.upstream);
     let Inbound {
         parts,
@@ -479,11 +491,14 @@ async fn forward(
     crate::telemetry::record_origin_request(&route.template, "pass");
     match inbound.rt.origins.send(route.upstream, req).await {
         Ok(resp) => {
+            permit.report_status(resp.status());
             status.fwd_status = Some(resp.status().as_u16());
-            let resp = resp.map(Body::new);
+            // The slot stays taken while the origin's body streams through.
+            let resp = resp.map(|b| Body::new(upstream_guard::Held::new(b, permit)));
             (respond::passthrough(resp, &parts.method, &status), status)
         }
         Err(error) => {
+            permit.report(upstream_guard::Outcome::Failure);
             tracing::warn!(route = %route.template, %error, "origin request failed");
             (error_response(error, &status), status)
         }

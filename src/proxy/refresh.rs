@@ -54,6 +54,16 @@ pub fn spawn(
     let Some(permit) = state.cache.locks.try_lock(key) else {
         return false;
     };
+    // An upstream at its limit (or with its breaker open) is not queued for: the entry
+    // stays stale and a later request tries again. Dropping the lock lets it.
+    let origin_permit = match inbound.rt.guard(route.upstream).try_admit() {
+        Ok(p) => p,
+        Err(rejected) => {
+            tracing::debug!(route = %route.template, key, reason = rejected.reason.as_str(), "refresh skipped");
+            crate::telemetry::record_refresh(&route.template, "skipped");
+            return false;
+        }
+    };
     let state = state.clone();
     let route = route.clone();
     let key = key.to_string();
@@ -90,7 +100,15 @@ pub fn spawn(
                 FetchRight::Local => {}
             }
             let budget = inbound.rt.config.refresh_timeout;
-            let refresh = fetch(&state, &route, &key, &inbound, Some(stale), Fwd::Stale);
+            let refresh = fetch(
+                &state,
+                &route,
+                &key,
+                &inbound,
+                Some(stale),
+                Fwd::Stale,
+                Some(origin_permit),
+            );
             match tokio::time::timeout(budget, refresh).await {
                 Ok(fetched) => {
                     crate::telemetry::record_refresh(

@@ -183,7 +183,7 @@ impl Store for MemoryStore {
         let now = SystemTime::now();
         self.log.record(selector, mode, now);
         if *selector == Selector::All && mode == Mode::Hard {
-            let n = self.cache.entry_count();
+            let n = self.cache.iter().count() as u64;
             self.cache.invalidate_all();
             *self.tags.lock().unwrap_or_else(|e| e.into_inner()) = TagIndex::default();
             return Ok(n);

@@ -11,11 +11,13 @@
 # memory: MAX_SIZE (64MiB, the store's bound), STORE (memory, or l1: L1 of MAX_SIZE in front
 # of a redis-server on REDIS_PORT), ADMIN_PORT (18090), BASELINE (bytes, for the report);
 # RSS is sampled every second (loadtests/rss.sh) and printed against MAX_SIZE.
+# purge: ADMIN_PORT (18090) with a generated token; /hot/{id} tagged `hot`; STORE (memory,
+# or redis: a redis-server on REDIS_PORT).
 # Scenario env (VUS, DURATION, HOT_PATH, ...) passes through to k6; see loadtests/README.md.
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 {stampede|cold|hit|miss|fleet|memory} [k6 run args...]" >&2
+  echo "usage: $0 {stampede|cold|hit|miss|fleet|memory|purge} [k6 run args...]" >&2
   exit 2
 }
 [[ $# -ge 1 ]] || usage
@@ -109,6 +111,26 @@ if [[ $SCENARIO == memory ]]; then
   STORE_YAML+=$'\n'"admin: { listen: 127.0.0.1:$ADMIN_PORT }"
 fi
 
+# purge: the hot keys carry a route tag, and the admin API takes a token.
+EXTRA_ROUTES=""
+if [[ $SCENARIO == purge ]]; then
+  ADMIN_PORT=${ADMIN_PORT:-18090}
+  export CACHEGATE_ADMIN_TOKEN=${CACHEGATE_ADMIN_TOKEN:-loadtest-$RANDOM$RANDOM}
+  if [[ ${STORE:-memory} == redis ]]; then
+    command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install redis-server" >&2; exit 2; }
+    REDIS_PORT=${REDIS_PORT:-16379}
+    [[ $REDIS_PORT != 6379 ]] || { echo "REDIS_PORT must not be 6379" >&2; exit 2; }
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$WORK" \
+      >"$WORK/redis.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    STORE_YAML="store: { backend: redis, redis: { url: \"redis://127.0.0.1:$REDIS_PORT\" } }"
+  fi
+  STORE_YAML+=$'\n'"admin: { listen: 127.0.0.1:$ADMIN_PORT }"
+  EXTRA_ROUTES=$'  - path: /hot/{id}\n    upstream: origin\n    key: { query: [cc] }\n    tags: [hot]'
+  export ADMIN_URL="http://127.0.0.1:$ADMIN_PORT"
+fi
+
 URLS=()
 for ((i = 0; i < FLEET_SIZE; i++)); do
   port=$((PROXY_PORT + i))
@@ -118,6 +140,7 @@ upstreams:
   origin: { url: "http://127.0.0.1:$ORIGIN_PORT", connect_timeout: 1s, timeout: 10s }
 defaults: { ttl: 60s, stale: 5m, stale_if_error: 1h, jitter: 0 }
 routes:
+$EXTRA_ROUTES
   - path: /{*rest}
     upstream: origin
     key: { query: [cc, delay, size, status] }

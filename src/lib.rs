@@ -31,6 +31,7 @@
 //! - `admin`: health, readiness, metrics and purges.
 //! - `telemetry`: logs, OpenTelemetry traces and metric recorders.
 //! - `error`: `ProxyError`, the one error type that becomes a response.
+//! - `pipeline`: `cachegate purge` and `cachegate warm`, clients for deploy pipelines.
 //! - `devorigin`: a small origin for the demo and load tests.
 
 pub mod admin;
@@ -40,6 +41,7 @@ pub mod config;
 pub mod conn;
 pub mod devorigin;
 pub mod error;
+pub mod pipeline;
 pub mod proxy;
 pub mod purge;
 pub mod reload;

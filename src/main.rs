@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use cachegate::app::AppState;
 use cachegate::config::{Config, Overrides};
 use cachegate::devorigin::{self, OriginOptions};
-use cachegate::{server, telemetry};
+use cachegate::{pipeline, server, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +59,12 @@ enum Command {
         #[arg(long, default_value = "max-age=5")]
         cache_control: String,
     },
+    /// Purge entries through the admin API (for deploy pipelines). Exit codes: 0 ok,
+    /// 2 usage, 3 auth, 4 request rejected, 5 network or server error after retries.
+    Purge(pipeline::purge::Args),
+    /// Request URLs through the proxy so they are cached before traffic arrives; exits 1
+    /// when any failed.
+    Warm(pipeline::warm::Args),
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -68,6 +74,12 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Pipeline commands are clients: no logs, traces or metrics of their own.
+    match cli.command {
+        Some(Command::Purge(args)) => return pipeline::block_on(pipeline::purge::run(args)),
+        Some(Command::Warm(args)) => return pipeline::block_on(pipeline::warm::run(args)),
+        _ => {}
+    }
     let _telemetry = telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -147,6 +159,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             devorigin::serve(listener, opts, server::shutdown_signal()).await?;
             Ok(())
         }
+        // Dispatched in `main`, before the server's runtime and telemetry.
+        Command::Purge(_) | Command::Warm(_) => Ok(()),
     }
 }
 

@@ -15,6 +15,7 @@ mod keys;
 mod limits;
 mod memory_bound;
 mod origin_protection;
+mod pipeline_cli;
 mod poisoning;
 mod purge;
 mod purge_api;

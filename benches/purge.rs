@@ -22,7 +22,11 @@ const ROUNDS: usize = 5;
 
 fn entry(tags: Vec<String>) -> Arc<CacheEntry> {
     let now = SystemTime::now();
-    let req = Request::get("http://origin/x").body(()).unwrap().into_parts().0;
+    let req = Request::get("http://origin/x")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
     let res = Response::builder()
         .status(200)
         .header("cache-control", "max-age=600")
@@ -37,8 +41,16 @@ fn entry(tags: Vec<String>) -> Arc<CacheEntry> {
         stale_if_error: Duration::from_secs(600),
     };
     Arc::new(
-        CacheEntry::new(res.status, res.headers, Bytes::from(vec![b'x'; 1024]), policy, now, lifetimes, vec![])
-            .with_tags(tags),
+        CacheEntry::new(
+            res.status,
+            res.headers,
+            Bytes::from(vec![b'x'; 1024]),
+            policy,
+            now,
+            lifetimes,
+            vec![],
+        )
+        .with_tags(tags),
     )
 }
 
@@ -68,14 +80,22 @@ async fn time(store: &dyn Store, selector: &Selector, mode: Mode, tagged: usize)
         let start = Instant::now();
         let n = store.purge(selector, mode).await.expect("purge");
         took.push(start.elapsed());
-        assert_eq!(n as usize, tagged.min(n as usize).max(1).min(tagged.max(1)), "purged {n}");
+        assert_eq!(
+            n as usize,
+            tagged.min(n as usize).max(1).min(tagged.max(1)),
+            "purged {n}"
+        );
     }
     took.sort();
     took[ROUNDS / 2]
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Redis(Child);
@@ -112,7 +132,16 @@ async fn main() {
 
     let port = free_port();
     let Ok(child) = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
     else {

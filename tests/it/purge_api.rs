@@ -394,3 +394,34 @@ async fn route_tags_must_name_path_parameters() {
     let e = parse("[\"two words\"]").unwrap_err().to_string();
     assert!(e.contains("routes[0].tags[0]"), "{e}");
 }
+
+#[tokio::test]
+async fn tags_survive_a_304_revalidation() {
+    let origin = Origin::start(|s: &Seen| {
+        if s.headers.get("if-none-match").is_some() {
+            Reply::ok("").status(304).header("etag", "\"v1\"")
+        } else {
+            Reply::ok(format!("{} #{}", s.path, s.n))
+                .header("etag", "\"v1\"")
+                .header("surrogate-key", "from-origin")
+        }
+    })
+    .await;
+    let (admin_line, admin) = admin_yaml();
+    let yaml =
+        proxy::config_yaml(&origin.url(), "ttl: 1s, stale: 60s, jitter: 0", ROUTES) + &admin_line;
+    let p = Proxy::start(&yaml).await;
+    p.get("/users/5").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Stale: served at once while the refresh revalidates (a 304).
+    p.get("/users/5").await;
+    let revalidated = crate::support::fleet::eventually(Duration::from_secs(3), async || {
+        origin.hits("/users/5") == 2 && hit(&p.get("/users/5").await)
+    })
+    .await;
+    assert!(revalidated, "the refresh renewed the entry");
+    for tag in ["user:5", "from-origin"] {
+        let (_, answer) = purge(&admin, json!({"tags": [tag], "soft": true})).await;
+        assert_eq!(answer["total"], 1, "{tag}: {answer}");
+    }
+}

@@ -69,7 +69,12 @@ async fn fill(store: &dyn Store, tagged: usize) {
         writes.push((key("hot", i), hot.clone()));
     }
     for chunk in writes.chunks(256) {
-        futures_util::future::join_all(chunk.iter().map(|(k, e)| store.insert(k, e.clone()))).await;
+        for r in
+            futures_util::future::join_all(chunk.iter().map(|(k, e)| store.insert(k, e.clone())))
+                .await
+        {
+            r.expect("insert");
+        }
     }
 }
 
@@ -157,5 +162,12 @@ async fn main() {
     })
     .await
     .expect("redis");
+    // It connects in the background: wait until a write goes through.
+    for _ in 0..100 {
+        if store.insert("/warmup|", entry(vec![])).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     run("redis", &store).await;
 }

@@ -358,6 +358,15 @@ async fn accept_loop(
     }
 }
 
+/// Runs its closure when dropped (a connection's end, however it ends).
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
 fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -376,8 +385,11 @@ fn spawn_connection(
         graceful.watcher(),
         tls.as_ref().map(ServerTls::acceptor),
     );
+    let listener = if acceptor.is_some() { "tls" } else { "plain" };
     tokio::spawn(async move {
         let _permit = permit;
+        crate::telemetry::record_connection(listener, 1.0);
+        let _open = OnDrop(move || crate::telemetry::record_connection(listener, -1.0));
         match acceptor {
             None => serve_connection(stream, info, &ctx, watcher).await,
             Some(acceptor) => {

@@ -14,6 +14,8 @@ use crate::cache::CacheStatus;
 /// Flushes traces on drop; keep it alive for the life of the process.
 pub struct Telemetry {
     tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Flushes the log writer's queue when dropped (at exit).
+    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for Telemetry {
@@ -35,16 +37,19 @@ pub fn init() -> Telemetry {
     let json = std::env::var("CACHEGATE_LOG_FORMAT").is_ok_and(|f| f == "json");
     // Colour codes only for a person at a terminal; in files and collectors they are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Lines go through a bounded queue to a writer thread: a slow or stalled stderr (a
+    // full pipe, a collector backing up) drops log lines instead of stalling requests.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("cachegate-log")
+        .finish(std::io::stderr());
     let plain = (!json).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
-            .with_writer(std::io::stderr)
+            .with_writer(writer.clone())
     });
-    let json = json.then(|| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-    });
+    let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(writer));
     let (otel, provider) = match otlp_tracer() {
         Ok(Some((layer, provider))) => (Some(layer), Some(provider)),
         Ok(None) => (None, None),
@@ -59,8 +64,14 @@ pub fn init() -> Telemetry {
         .with(json)
         .with(filter)
         .try_init();
-    Telemetry { tracer: provider }
+    Telemetry {
+        tracer: provider,
+        _log_writer: Some(guard),
+    }
 }
+
+/// Log lines queued for the writer thread before new ones are dropped.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
 
 type OtelLayer = tracing_opentelemetry::OpenTelemetryLayer<
     tracing_subscriber::Registry,
@@ -130,6 +141,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?
         .install_recorder()?;
+    metrics::gauge!("cachegate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
 
@@ -185,6 +197,15 @@ pub fn record_breaker_open(upstream: &str, open: bool) {
     });
 }
 
+/// A breaker of another component (`store:redis`) is open (`true`) or closed.
+pub fn record_breaker_component(component: &'static str, open: bool) {
+    metrics::gauge!("cachegate_breaker_open", "component" => component).set(if open {
+        1.0
+    } else {
+        0.0
+    });
+}
+
 /// An origin request cachegate did not send (`reason`: queue_timeout, rate_limit,
 /// breaker_open).
 pub fn record_origin_rejected(upstream: &str, reason: &'static str) {
@@ -192,11 +213,54 @@ pub fn record_origin_rejected(upstream: &str, reason: &'static str) {
         .increment(1);
 }
 
+/// One origin exchange up to its response headers: `cachegate_origin_duration_seconds`,
+/// and `cachegate_origin_errors_total{upstream,reason}` when it failed (`reason`:
+/// timeout, connect, protocol, status_5xx).
+pub fn record_origin_exchange(upstream: &str, elapsed: Duration, error: Option<&'static str>) {
+    metrics::histogram!("cachegate_origin_duration_seconds", "upstream" => upstream.to_string())
+        .record(elapsed.as_secs_f64());
+    if let Some(reason) = error {
+        metrics::counter!("cachegate_origin_errors_total", "upstream" => upstream.to_string(), "reason" => reason)
+            .increment(1);
+    }
+}
+
+/// A request that waited for another's fetch of its key.
+pub fn record_coalesced(route: &Arc<str>) {
+    metrics::counter!("cachegate_coalesced_waiters_total", "route" => label(route)).increment(1);
+}
+
+/// The fleet lease: granted, held_elsewhere, error.
+pub fn record_lease(result: &'static str) {
+    metrics::counter!("cachegate_lease_total", "result" => result).increment(1);
+}
+
+/// One store operation (`tier`: memory, l1, l2; `result`: hit, miss, ok, error).
+pub fn record_store_op(tier: &'static str, op: &'static str, result: &'static str) {
+    metrics::counter!("cachegate_store_operations_total", "tier" => tier, "op" => op, "result" => result)
+        .increment(1);
+}
+
+/// How long a networked store operation took (`tier` l2).
+pub fn record_store_duration(tier: &'static str, op: &'static str, elapsed: Duration) {
+    metrics::histogram!("cachegate_store_duration_seconds", "tier" => tier, "op" => op)
+        .record(elapsed.as_secs_f64());
+}
+
+/// An entry an in-process tier dropped for room.
+pub fn record_eviction(tier: &'static str) {
+    metrics::counter!("cachegate_store_evictions_total", "tier" => tier).increment(1);
+}
+
+/// Open client connections per listener (`plain`, `tls`).
+pub fn record_connection(listener: &'static str, delta: f64) {
+    metrics::gauge!("cachegate_connections", "listener" => listener).increment(delta);
+}
+
 pub fn record_store_error(op: &'static str) {
     metrics::counter!("cachegate_store_errors_total", "op" => op).increment(1);
 }
 
-/// A config reload: `applied` or `rejected`.
 /// One purge request's selector group: `cachegate_purges_total{selector,mode}` and the
 /// keys it reached, `cachegate_purged_entries_total`.
 pub fn record_purge(selector: &'static str, mode: &'static str, purged: u64) {
@@ -205,6 +269,7 @@ pub fn record_purge(selector: &'static str, mode: &'static str, purged: u64) {
     metrics::counter!("cachegate_purged_entries_total").increment(purged);
 }
 
+/// A config reload: `applied` or `rejected`.
 pub fn record_reload(result: &'static str) {
     metrics::counter!("cachegate_config_reloads_total", "result" => result).increment(1);
 }

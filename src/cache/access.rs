@@ -114,7 +114,13 @@ impl<T: Clone + Send + Sync + 'static> Cache<T> {
     pub async fn fetch_right(&self, key: &str, upstream_timeout: Duration) -> FetchRight {
         // Longer than the fetch it guards, so it does not lapse while the origin works.
         let ttl = upstream_timeout + Duration::from_secs(2);
-        match self.store.acquire_lease(key, ttl).await {
+        let right = self.store.acquire_lease(key, ttl).await;
+        crate::telemetry::record_lease(match &right {
+            Ok(Lease::Granted(_)) => "granted",
+            Ok(Lease::Held) => "held_elsewhere",
+            Err(_) => "error",
+        });
+        match right {
             Ok(Lease::Granted(Some(token))) => FetchRight::Leased(token),
             Ok(Lease::Granted(None)) => FetchRight::Local,
             Ok(Lease::Held) => FetchRight::Elsewhere,

@@ -106,13 +106,12 @@ pub struct Record {
 }
 
 impl Record {
-    /// `at_ms|mode|selector`: one member of the Redis purge log (prefixed there by a
-    /// nonce so two equal purges in one millisecond stay two members).
+    /// `at_us|mode|selector`: one member of the Redis purge log (prefixed there by a
+    /// nonce so two equal purges in one microsecond stay two members).
     pub fn encode(&self) -> String {
-        // Rounded up, so a purge is never read back as older than a fetch it followed.
         format!(
             "{}|{}|{}",
-            millis(self.at) + 1,
+            micros(self.at),
             self.mode.as_str(),
             self.selector.encode()
         )
@@ -128,7 +127,7 @@ impl Record {
         };
         let selector = Selector::decode(parts.next()?)?;
         Some(Record {
-            at: SystemTime::UNIX_EPOCH + Duration::from_millis(at),
+            at: SystemTime::UNIX_EPOCH + Duration::from_micros(at),
             selector,
             mode,
         })
@@ -216,9 +215,10 @@ pub fn apply(
     }
 }
 
-fn millis(t: SystemTime) -> u64 {
+/// Microseconds since the epoch: exact as a Redis sorted-set score (below 2^53).
+pub fn micros(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 

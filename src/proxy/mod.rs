@@ -370,6 +370,7 @@ async fn follow(
     fwd: Fwd,
     shared: Shared,
 ) -> (Response, CacheStatus) {
+    crate::telemetry::record_coalesced(&route.template);
     let now = SystemTime::now();
     match shared {
         Shared::Entry(entry, fwd_status) => {

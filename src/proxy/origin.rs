@@ -54,18 +54,31 @@ impl Origins {
         // The reason names the upstream (for the log); the client only sees "origin
         // unreachable" / "origin failed", never addresses or its own request.
         let name = &upstream.name;
-        match tokio::time::timeout(upstream.timeout, client.request(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(format!(
-                "upstream {name}: {}",
-                error_chain(&e)
-            ))),
-            Ok(Err(e)) => Err(ProxyError::Upstream(format!(
-                "upstream {name}: {}",
-                error_chain(&e)
-            ))),
-        }
+        let started = std::time::Instant::now();
+        let (result, reason) =
+            match tokio::time::timeout(upstream.timeout, client.request(req)).await {
+                Err(_) => (Err(ProxyError::UpstreamTimeout), Some("timeout")),
+                Ok(Ok(resp)) => {
+                    let reason = resp.status().is_server_error().then_some("status_5xx");
+                    (Ok(resp), reason)
+                }
+                Ok(Err(e)) if e.is_connect() => (
+                    Err(ProxyError::UpstreamConnect(format!(
+                        "upstream {name}: {}",
+                        error_chain(&e)
+                    ))),
+                    Some("connect"),
+                ),
+                Ok(Err(e)) => (
+                    Err(ProxyError::Upstream(format!(
+                        "upstream {name}: {}",
+                        error_chain(&e)
+                    ))),
+                    Some("protocol"),
+                ),
+            };
+        crate::telemetry::record_origin_exchange(name, started.elapsed(), reason);
+        result
     }
 }
 

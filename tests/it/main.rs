@@ -13,6 +13,7 @@ mod forwarding;
 mod key_properties;
 mod keys;
 mod limits;
+mod metrics;
 mod memory_bound;
 mod origin_protection;
 mod pipeline_cli;

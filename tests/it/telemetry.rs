@@ -152,19 +152,29 @@ async fn traces_are_exported_and_the_trace_continues_to_the_origin() {
 }
 
 /// The real binary serving `/{*rest}` from `origin`, with stderr captured.
-struct Served {
+pub(crate) struct Served {
     child: std::process::Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Served {
     async fn start(origin: &Origin, extra_yaml: &str, env: &[(&str, &str)]) -> Served {
+        Self::start_with(origin, "ttl: 60s", extra_yaml, env).await
+    }
+
+    /// The binary with `defaults` for the one route `/{*rest}`, then `extra_yaml`.
+    pub(crate) async fn start_with(
+        origin: &Origin,
+        defaults: &str,
+        extra_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Served {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.yaml");
         let yaml = proxy::config_yaml(
             &origin.url(),
-            "ttl: 60s",
+            defaults,
             "  - path: /{*rest}\n    upstream: origin\n",
         )
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
@@ -198,7 +208,7 @@ impl Served {
     }
 
     /// Stops the process (SIGTERM, a graceful drain) and returns what it wrote to stderr.
-    fn stop(self) -> String {
+    pub(crate) fn stop(self) -> String {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -54,7 +54,7 @@ impl TagIndex {
 impl MemoryStore {
     pub fn new(max_bytes: u64) -> Self {
         // Kept while any variant can still be used; only size evicts earlier.
-        let cache = variant_cache(max_bytes, CacheEntry::keep_until, Duration::MAX);
+        let cache = variant_cache("memory", max_bytes, CacheEntry::keep_until, Duration::MAX);
         MemoryStore {
             cache,
             log: PurgeLog::default(),
@@ -150,11 +150,14 @@ impl Store for MemoryStore {
         key: &str,
         request: &HeaderMap,
     ) -> Result<Option<Arc<CacheEntry>>, StoreError> {
-        Ok(self
+        let found = self
             .cache
             .get(key)
             .await
-            .and_then(|variants| pick(&variants, request)))
+            .and_then(|variants| pick(&variants, request));
+        let result = if found.is_some() { "hit" } else { "miss" };
+        crate::telemetry::record_store_op("memory", "lookup", result);
+        Ok(found)
     }
 
     async fn insert(&self, key: &str, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
@@ -165,6 +168,7 @@ impl Store for MemoryStore {
         let Some(entry) = purge::apply(&entry, self.log.covering(key, &entry), now) else {
             return Ok(());
         };
+        crate::telemetry::record_store_op("memory", "insert", "ok");
         // Cache first, index second: a rebuild of the index walks the cache.
         self.upsert(key, &entry, now).await;
         self.index(key, &entry);
@@ -208,5 +212,39 @@ impl Store for MemoryStore {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::policy::{self, Lifetimes};
+    use http_cache_semantics::CachePolicy;
+
+    fn entry(tags: &[&str]) -> Arc<CacheEntry> {
+        let now = SystemTime::now();
+        let req = http::Request::get("http://o/x").body(()).unwrap().into_parts().0;
+        let res = http::Response::builder().status(200).body(()).unwrap().into_parts().0;
+        let policy = CachePolicy::new_options(&req, &res, now, policy::cache_options());
+        let lifetimes = Lifetimes {
+            fresh: Duration::from_secs(60),
+            stale: Duration::from_secs(60),
+            stale_if_error: Duration::ZERO,
+        };
+        let body = bytes::Bytes::from(vec![b'x'; 2000]);
+        let e = CacheEntry::new(res.status, res.headers, body, policy, now, lifetimes, vec![]);
+        Arc::new(e.with_tags(tags.iter().map(|t| t.to_string())))
+    }
+
+    #[tokio::test]
+    async fn churn_past_the_bound_keeps_the_tag_index_usable() {
+        let store = MemoryStore::new(256 << 10);
+        for i in 0..2000 {
+            store.insert(&format!("/k|i={i}|"), entry(&["t1"])).await.unwrap();
+        }
+        let purged = store.purge(&Selector::Tag("t1".into()), Mode::Hard).await.unwrap();
+        assert!(purged > 0 && purged < 2000, "only what is still held: {purged}");
+        let index = store.tags.lock().unwrap();
+        assert!(index.members <= 1024 + 2 * 2000, "the index stays bounded: {}", index.members);
     }
 }

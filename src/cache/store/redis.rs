@@ -55,7 +55,7 @@ const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// when it does not. A `keep_until` already past drops the variant.
 ///
 /// Race-free against purges (single node and Sentinel, where every key is on one node):
-/// KEYS[3] is the purge log and ARGV[9] the time the fetch began; purges logged since
+/// KEYS[3] is the purge log and ARGV[9] the time the fetch began (µs); purges logged since
 /// are returned instead of writing, for the caller to decide (and write again with no
 /// log key, or softened, or not at all). KEYS[4..] are the entry's tag sets: the cache
 /// key (ARGV[10]) joins each, which expires no earlier than the entry.
@@ -116,8 +116,8 @@ end
 return 1
 "#;
 
-/// Logs a purge before it is applied. KEYS: the log. ARGV: score (ms), member, horizon
-/// (ms; older records go), most records kept, the log's TTL (ms).
+/// Logs a purge before it is applied. KEYS: the log. ARGV: score (µs), member, horizon
+/// (µs; older records go), most records kept, the log's TTL (ms).
 const RECORD_LUA: &str = r#"
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
@@ -309,7 +309,7 @@ impl RedisStore {
             }
             return Ok(covered);
         }
-        let mut log_since = millis(since);
+        let mut log_since = purge::micros(since);
         let mut seen: Vec<Record> = Vec::new();
         // Each retry reads only purges newer than those it has seen; bounded, and a
         // write that keeps racing purges is dropped (a later request fetches again).
@@ -320,7 +320,7 @@ impl RedisStore {
                 Written::Purges(records) => {
                     log_since = records
                         .iter()
-                        .map(|r| millis(r.at) + 1)
+                        .map(|r| purge::micros(r.at) + 1)
                         .max()
                         .unwrap_or(log_since + 1)
                         .max(log_since + 1);
@@ -666,7 +666,23 @@ impl Inner {
             self.reconnect();
             return Err(fail("not connected".into()));
         };
-        match tokio::time::timeout(self.timeout, command(handle)).await {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, command(handle)).await;
+        crate::telemetry::record_store_duration("l2", op, started.elapsed());
+        let ok = matches!(outcome, Ok(Ok(_)));
+        crate::telemetry::record_store_op("l2", op, if ok { "ok" } else { "error" });
+        let result = self.settle(outcome, fail);
+        crate::telemetry::record_breaker_component("store:redis", !self.breaker.is_closed());
+        result
+    }
+
+    /// The breaker's and the connection's view of one command's outcome.
+    fn settle<T>(
+        self: &Arc<Self>,
+        outcome: Result<RedisResult<T>, tokio::time::error::Elapsed>,
+        fail: impl Fn(String) -> StoreError,
+    ) -> Result<T, StoreError> {
+        match outcome {
             Ok(Ok(value)) => {
                 self.breaker.succeeded();
                 Ok(value)
@@ -818,7 +834,7 @@ impl Inner {
         since: SystemTime,
     ) -> Result<Option<Mode>, StoreError> {
         let log = self.log_key();
-        let from = millis(since);
+        let from = purge::micros(since);
         let members: Vec<String> = self
             .run("insert", |mut c| {
                 let log = &log;
@@ -897,8 +913,8 @@ impl Inner {
             mode,
         };
         let member = format!("{:016x}|{}", rand::random::<u64>(), record.encode());
-        let score = millis(now) + 1;
-        let horizon = millis(now).saturating_sub(purge::LOG_KEEP.as_millis() as u64);
+        let score = purge::micros(now);
+        let horizon = score.saturating_sub(purge::LOG_KEEP.as_micros() as u64);
         let log = self.log_key();
         let script = &self.record_script;
         self.run("purge", |mut c| async move {

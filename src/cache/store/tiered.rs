@@ -43,7 +43,7 @@ impl TieredStore {
     pub fn new(l1: &L1Config, l2: RedisStore) -> TieredStore {
         // Never past an entry's soft TTL: stale serving goes to L2, where the fleet-wide
         // lease decides who refreshes.
-        let cache = variant_cache(l1.max_size, |e| e.fresh_until, l1.max_ttl);
+        let cache = variant_cache("l1", l1.max_size, |e| e.fresh_until, l1.max_ttl);
         let l2 = Arc::new(l2);
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
@@ -162,9 +162,11 @@ impl Store for TieredStore {
                 .iter()
                 .find(|e| e.fresh_until > now && e.matches(request))
             {
+                crate::telemetry::record_store_op("l1", "lookup", "hit");
                 return Ok(Some(e.clone()));
             }
         }
+        crate::telemetry::record_store_op("l1", "lookup", "miss");
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         let all = self.l2.lookup_all(key).await?;
         let found = pick(&all, request);

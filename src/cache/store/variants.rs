@@ -25,12 +25,18 @@ pub type Variants = Arc<Vec<Arc<CacheEntry>>>;
 /// A byte-bounded cache of variant sets; a key lives until the latest `deadline` of its
 /// variants, and never longer than `cap`.
 pub fn variant_cache(
+    tier: &'static str,
     max_bytes: u64,
     deadline: fn(&CacheEntry) -> SystemTime,
     cap: Duration,
 ) -> Cache<String, Variants> {
     Cache::builder()
         .max_capacity(max_bytes)
+        .eviction_listener(move |_, _, cause| {
+            if cause == moka::notification::RemovalCause::Size {
+                crate::telemetry::record_eviction(tier);
+            }
+        })
         .weigher(|key: &String, v: &Variants| u32::try_from(weight(key, v)).unwrap_or(u32::MAX))
         .expire_after(Until { deadline, cap })
         .build()
@@ -136,7 +142,7 @@ mod tests {
     #[tokio::test]
     async fn the_weigher_covers_what_the_cache_allocates() {
         for keys in [1_000, 10_000] {
-            let cache = variant_cache(1 << 40, CacheEntry::keep_until, Duration::MAX);
+            let cache = variant_cache("memory", 1 << 40, CacheEntry::keep_until, Duration::MAX);
             cache.run_pending_tasks().await;
             let start = live();
             let sets: Vec<(String, Variants)> = (0..keys)
@@ -179,7 +185,7 @@ mod tests {
     #[tokio::test]
     async fn the_bound_holds_for_the_counted_bytes() {
         let max = 256 << 10;
-        let cache = variant_cache(max, CacheEntry::keep_until, Duration::MAX);
+        let cache = variant_cache("memory", max, CacheEntry::keep_until, Duration::MAX);
         for n in 0..5_000 {
             let e = entry(n);
             cache

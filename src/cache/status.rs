@@ -126,6 +126,8 @@ impl CacheStatus {
             (true, _, _) if self.collapsed => "collapsed",
             (true, _, _) => "hit",
             (false, _, Some(Detail::StaleIfError)) => "stale-if-error",
+            // Waited for another request's fetch of the key: one origin request served it.
+            (false, Some(_), _) if self.collapsed => "collapsed",
             (false, Some(f), _) => f.as_str(),
             (false, None, _) => "none",
         }

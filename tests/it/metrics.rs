@@ -32,9 +32,10 @@ fn handler(s: &Seen) -> Reply {
     match s.path.as_str() {
         "/err" => Reply::ok("boom").status(500),
         "/slow" => Reply::ok("slow").delay(Duration::from_millis(400)),
-        p => Reply::ok(format!("{p} {}", "x".repeat(2000)))
+        "/a" => Reply::ok("a")
             .header("surrogate-key", "t1")
             .header("etag", "\"e\""),
+        p => Reply::ok(format!("{p} {}", "x".repeat(2000))),
     }
 }
 
@@ -43,7 +44,13 @@ async fn each_family_moves_with_the_traffic_that_drives_it() {
     let origin = Origin::start(handler).await;
     let (admin_line, admin) = admin_yaml();
     let store = "store:\n  backend: memory\n  memory: { max_size: 256KiB }\n";
-    let p = Served::start_with(&origin, "ttl: 1s, stale: 60s, jitter: 0", &(admin_line + store), &[]).await;
+    let p = Served::start_with(
+        &origin,
+        "ttl: 1s, stale: 60s, jitter: 0",
+        &(admin_line + store),
+        &[],
+    )
+    .await;
     // One client (one pool) for all of it, as a real client would.
     let client = proxy::client();
     let get = |path: &str| {
@@ -52,7 +59,15 @@ async fn each_family_moves_with_the_traffic_that_drives_it() {
         async move { proxy::send(&client, "GET", &url, &[]).await }
     };
     let m0 = scrape(&admin).await;
-    assert_eq!(value(&m0, "cachegate_build_info", &[&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))]), 1.0, "{m0}");
+    assert_eq!(
+        value(
+            &m0,
+            "cachegate_build_info",
+            &[&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0,
+        "{m0}"
+    );
 
     // Miss, then hit.
     get("/a").await;
@@ -67,10 +82,6 @@ async fn each_family_moves_with_the_traffic_that_drives_it() {
     // Stale: served at once, one refresh (a 304) runs.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     get("/a").await;
-    // Churn past the memory bound: evictions.
-    for i in 0..300 {
-        get(&format!("/fill/{i}")).await;
-    }
     // A purge by tag.
     let purged = proxy::client()
         .post(format!("{admin}/purge"))
@@ -81,8 +92,16 @@ async fn each_family_moves_with_the_traffic_that_drives_it() {
         .unwrap();
     assert_eq!(purged.status(), 200);
 
+    // Churn past the memory bound: evictions.
+    for i in 0..300 {
+        get(&format!("/fill/{i}")).await;
+    }
     let ok = eventually(Duration::from_secs(5), async || {
-        value(&scrape(&admin).await, "cachegate_refreshes_total", &["result=\"revalidated\""]) >= 1.0
+        value(
+            &scrape(&admin).await,
+            "cachegate_refreshes_total",
+            &["result=\"revalidated\""],
+        ) >= 1.0
             || value(&scrape(&admin).await, "cachegate_refreshes_total", &[]) >= 1.0
     })
     .await;
@@ -90,24 +109,76 @@ async fn each_family_moves_with_the_traffic_that_drives_it() {
     let m = scrape(&admin).await;
     let route = "route=\"/{*rest}\"";
     let checks: Vec<(&str, Vec<&str>, f64)> = vec![
-        ("cachegate_requests_total", vec![route, "cache=\"miss\""], 1.0),
-        ("cachegate_requests_total", vec![route, "cache=\"hit\""], 1.0),
-        ("cachegate_requests_total", vec![route, "cache=\"collapsed\""], 1.0),
-        ("cachegate_requests_total", vec![route, "cache=\"stale\""], 1.0),
-        ("cachegate_request_duration_seconds_count", vec![route, "cache=\"hit\""], 1.0),
+        (
+            "cachegate_requests_total",
+            vec![route, "cache=\"miss\""],
+            1.0,
+        ),
+        (
+            "cachegate_requests_total",
+            vec![route, "cache=\"hit\""],
+            1.0,
+        ),
+        (
+            "cachegate_requests_total",
+            vec![route, "cache=\"collapsed\""],
+            1.0,
+        ),
+        (
+            "cachegate_requests_total",
+            vec![route, "cache=\"stale\""],
+            1.0,
+        ),
+        (
+            "cachegate_request_duration_seconds_count",
+            vec![route, "cache=\"hit\""],
+            1.0,
+        ),
         ("cachegate_coalesced_waiters_total", vec![route], 1.0),
-        ("cachegate_origin_requests_total", vec![route, "kind=\"fetch\""], 300.0),
-        ("cachegate_origin_duration_seconds_count", vec!["upstream=\"origin\""], 300.0),
-        ("cachegate_origin_errors_total", vec!["upstream=\"origin\"", "reason=\"status_5xx\""], 1.0),
+        (
+            "cachegate_origin_requests_total",
+            vec![route, "kind=\"fetch\""],
+            300.0,
+        ),
+        (
+            "cachegate_origin_duration_seconds_count",
+            vec!["upstream=\"origin\""],
+            300.0,
+        ),
+        (
+            "cachegate_origin_errors_total",
+            vec!["upstream=\"origin\"", "reason=\"status_5xx\""],
+            1.0,
+        ),
         ("cachegate_refreshes_total", vec![route], 1.0),
         ("cachegate_lease_total", vec!["result=\"granted\""], 300.0),
-        ("cachegate_store_operations_total", vec!["tier=\"memory\"", "op=\"lookup\"", "result=\"hit\""], 1.0),
-        ("cachegate_store_operations_total", vec!["tier=\"memory\"", "op=\"lookup\"", "result=\"miss\""], 300.0),
-        ("cachegate_store_operations_total", vec!["tier=\"memory\"", "op=\"insert\""], 300.0),
-        ("cachegate_store_evictions_total", vec!["tier=\"memory\""], 1.0),
+        (
+            "cachegate_store_operations_total",
+            vec!["tier=\"memory\"", "op=\"lookup\"", "result=\"hit\""],
+            1.0,
+        ),
+        (
+            "cachegate_store_operations_total",
+            vec!["tier=\"memory\"", "op=\"lookup\"", "result=\"miss\""],
+            300.0,
+        ),
+        (
+            "cachegate_store_operations_total",
+            vec!["tier=\"memory\"", "op=\"insert\""],
+            300.0,
+        ),
+        (
+            "cachegate_store_evictions_total",
+            vec!["tier=\"memory\""],
+            1.0,
+        ),
         ("cachegate_store_entries", vec!["tier=\"memory\""], 1.0),
         ("cachegate_store_bytes", vec!["tier=\"memory\""], 1.0),
-        ("cachegate_purges_total", vec!["selector=\"tags\"", "mode=\"hard\""], 1.0),
+        (
+            "cachegate_purges_total",
+            vec!["selector=\"tags\"", "mode=\"hard\""],
+            1.0,
+        ),
         ("cachegate_purged_entries_total", vec![], 1.0),
         ("cachegate_connections", vec!["listener=\"plain\""], 0.0),
     ];
@@ -139,9 +210,25 @@ async fn a_store_failure_shows_in_store_errors_and_the_breaker_gauge() {
     get("/r/1".into()).await;
     assert!(get("/r/1".into()).await.cache_status().contains("hit"));
     let m = scrape(&admin).await;
-    assert!(value(&m, "cachegate_store_operations_total", &["tier=\"l2\"", "result=\"ok\""]) >= 2.0, "{m}");
-    assert!(value(&m, "cachegate_store_duration_seconds_count", &["tier=\"l2\""]) >= 2.0);
-    assert_eq!(value(&m, "cachegate_breaker_open", &["component=\"store:redis\""]), 0.0);
+    assert!(
+        value(
+            &m,
+            "cachegate_store_operations_total",
+            &["tier=\"l2\"", "result=\"ok\""]
+        ) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        value(
+            &m,
+            "cachegate_store_duration_seconds_count",
+            &["tier=\"l2\""]
+        ) >= 2.0
+    );
+    assert_eq!(
+        value(&m, "cachegate_breaker_open", &["component=\"store:redis\""]),
+        0.0
+    );
 
     redis.kill();
     for i in 0..10 {
@@ -149,9 +236,19 @@ async fn a_store_failure_shows_in_store_errors_and_the_breaker_gauge() {
         assert_eq!(r.status, 200, "served from the origin while Redis is down");
     }
     let m = scrape(&admin).await;
-    assert!(value(&m, "cachegate_store_operations_total", &["tier=\"l2\"", "result=\"error\""]) >= 5.0, "{m}");
+    assert!(
+        value(
+            &m,
+            "cachegate_store_operations_total",
+            &["tier=\"l2\"", "result=\"error\""]
+        ) >= 5.0,
+        "{m}"
+    );
     assert!(value(&m, "cachegate_store_errors_total", &[]) >= 5.0);
-    assert_eq!(value(&m, "cachegate_breaker_open", &["component=\"store:redis\""]), 1.0, "{m}");
+    assert_eq!(
+        value(&m, "cachegate_breaker_open", &["component=\"store:redis\""]),
+        1.0,
+        "{m}"
+    );
     p.stop();
 }
-

@@ -223,8 +223,17 @@ mod tests {
 
     fn entry(tags: &[&str]) -> Arc<CacheEntry> {
         let now = SystemTime::now();
-        let req = http::Request::get("http://o/x").body(()).unwrap().into_parts().0;
-        let res = http::Response::builder().status(200).body(()).unwrap().into_parts().0;
+        let req = http::Request::get("http://o/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let res = http::Response::builder()
+            .status(200)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
         let policy = CachePolicy::new_options(&req, &res, now, policy::cache_options());
         let lifetimes = Lifetimes {
             fresh: Duration::from_secs(60),
@@ -232,7 +241,15 @@ mod tests {
             stale_if_error: Duration::ZERO,
         };
         let body = bytes::Bytes::from(vec![b'x'; 2000]);
-        let e = CacheEntry::new(res.status, res.headers, body, policy, now, lifetimes, vec![]);
+        let e = CacheEntry::new(
+            res.status,
+            res.headers,
+            body,
+            policy,
+            now,
+            lifetimes,
+            vec![],
+        );
         Arc::new(e.with_tags(tags.iter().map(|t| t.to_string())))
     }
 
@@ -240,11 +257,24 @@ mod tests {
     async fn churn_past_the_bound_keeps_the_tag_index_usable() {
         let store = MemoryStore::new(256 << 10);
         for i in 0..2000 {
-            store.insert(&format!("/k|i={i}|"), entry(&["t1"])).await.unwrap();
+            store
+                .insert(&format!("/k|i={i}|"), entry(&["t1"]))
+                .await
+                .unwrap();
         }
-        let purged = store.purge(&Selector::Tag("t1".into()), Mode::Hard).await.unwrap();
-        assert!(purged > 0 && purged < 2000, "only what is still held: {purged}");
+        let purged = store
+            .purge(&Selector::Tag("t1".into()), Mode::Hard)
+            .await
+            .unwrap();
+        assert!(
+            purged > 0 && purged < 2000,
+            "only what is still held: {purged}"
+        );
         let index = store.tags.lock().unwrap();
-        assert!(index.members <= 1024 + 2 * 2000, "the index stays bounded: {}", index.members);
+        assert!(
+            index.members <= 1024 + 2 * 2000,
+            "the index stays bounded: {}",
+            index.members
+        );
     }
 }

@@ -658,13 +658,25 @@ impl Inner {
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
         let fail = |message: String| StoreError { op, message };
-        if !self.breaker.allow() {
-            return Err(fail("circuit open".into()));
-        }
-        let Some(handle) = self.conn() else {
+        let refused = if !self.breaker.allow() {
+            Some("circuit open")
+        } else if self.conn().is_none() {
             self.failed();
             self.reconnect();
-            return Err(fail("not connected".into()));
+            Some("not connected")
+        } else {
+            None
+        };
+        let handle = match (refused, self.conn()) {
+            (None, Some(handle)) => handle,
+            (refused, _) => {
+                crate::telemetry::record_store_op("l2", op, "error");
+                crate::telemetry::record_breaker_component(
+                    "store:redis",
+                    !self.breaker.is_closed(),
+                );
+                return Err(fail(refused.unwrap_or("not connected").into()));
+            }
         };
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.timeout, command(handle)).await;

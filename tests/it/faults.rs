@@ -218,7 +218,7 @@ async fn request(client: &reqwest::Client, base: &str, path: &str, figures: &Fig
 }
 
 /// Stores the hot keys, then runs `TASKS` loops for `LOAD_FOR` (80 % hot keys, 20 %
-/// cold ones) while `fault` runs; returns once both are done.
+/// cold ones) while `fault` runs; returns once both are done and what `fault` gave.
 async fn under_load<T>(p: &Proxy, fault: impl Future<Output = T>) -> (Arc<Figures>, T) {
     let figures = Arc::new(Figures::default());
     let client = reqwest::Client::builder()
@@ -235,7 +235,8 @@ async fn under_load<T>(p: &Proxy, fault: impl Future<Output = T>) -> (Arc<Figure
         HOT,
         "the hot keys are stored before the fault"
     );
-    let deadline = Instant::now() + LOAD_FOR;
+    let started = Instant::now();
+    let deadline = started + LOAD_FOR;
     let workers: Vec<_> = (0..TASKS)
         .map(|_| {
             let (client, base, figures) = (client.clone(), base.clone(), figures.clone());
@@ -243,7 +244,12 @@ async fn under_load<T>(p: &Proxy, fault: impl Future<Output = T>) -> (Arc<Figure
                 while Instant::now() < deadline {
                     let pick = rand::random::<u32>() as usize;
                     let path = if pick % 5 == 0 {
-                        cold(pick / 5 % COLD)
+                        // Cold keys come into use one by one over the run (one every
+                        // 60 ms), so some are first asked for before the fault, some
+                        // during it and some after.
+                        let arrived = started.elapsed().as_millis() as usize * COLD
+                            / LOAD_FOR.as_millis() as usize;
+                        cold(pick / 5 % (arrived + 1).min(COLD))
                     } else {
                         hot(pick / 5 % HOT)
                     };
@@ -476,4 +482,28 @@ fn fill(redis: &RedisServer) {
     assert_eq!(redis.cli(&["DEBUG", "POPULATE", "50000", "filler", "64"]), "OK");
     let refused = redis.cli(&["SET", "probe", "x"]);
     assert!(refused.contains("OOM"), "Redis is full: {refused}");
+}
+
+// === the bug the suite found ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_share_a_body_cut_short_instead_of_each_retrying() {
+    // Before the fix, every request coalesced behind a leader whose body broke went to
+    // the origin on its own (a pass-through streaming the same broken body).
+    for fault in [BodyFault::Reset, BodyFault::Truncate] {
+        let origin = Origin::start(move |s: &Seen| {
+            Reply::ok(body_for(&s.path, s.n))
+                .delay(Duration::from_millis(300))
+                .fault(fault)
+        })
+        .await;
+        let p = cachegate(&origin, "").await;
+        let resps = p.burst(20, "/cut", &[]).await;
+        assert!(
+            resps.iter().all(|r| r.status == 502),
+            "{fault:?}: {:?}",
+            resps.iter().map(|r| r.status).collect::<Vec<_>>()
+        );
+        assert_eq!(origin.hits("/cut"), 1, "{fault:?}: one origin request");
+    }
 }

@@ -330,7 +330,11 @@ async fn recovers(name: &str, p: &Proxy) {
             && is_whole(&path, &first.body)
             && first.cache_status().contains("stored")
             && !first.cache_status().contains("store-error");
-        stored && p.get(&path).await.cache_status().starts_with("cachegate; hit")
+        stored
+            && p.get(&path)
+                .await
+                .cache_status()
+                .starts_with("cachegate; hit")
     })
     .await;
     assert!(stored, "{name}: new keys are stored again after the fault");
@@ -479,7 +483,10 @@ fn fill(redis: &RedisServer) {
         .expect("used_memory in INFO memory");
     let limit = (used + (512 << 10)).to_string();
     assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", &limit]), "OK");
-    assert_eq!(redis.cli(&["DEBUG", "POPULATE", "50000", "filler", "64"]), "OK");
+    assert_eq!(
+        redis.cli(&["DEBUG", "POPULATE", "50000", "filler", "64"]),
+        "OK"
+    );
     let refused = redis.cli(&["SET", "probe", "x"]);
     assert!(refused.contains("OOM"), "Redis is full: {refused}");
 }

@@ -236,8 +236,11 @@ impl Origin {
         let app = Router::new()
             .fallback(handle)
             .with_state((handler, counters.clone()));
-        // axum::serve's loop, with the socket wrapped so a reply can reset it.
+        // axum::serve's loop, with the socket wrapped so a reply can reset it. As with
+        // axum::serve, stopping the loop (dropping `_stopped`) closes idle keep-alive
+        // connections too: `stop` means the origin is gone.
         let task = tokio::spawn(async move {
+            let (_stopped, stop) = tokio::sync::watch::channel(());
             loop {
                 let stream = match listener.accept().await {
                     Ok((stream, _)) => stream,
@@ -253,17 +256,24 @@ impl Origin {
                     reset: reset.clone(),
                 });
                 let app = app.clone();
-                let service = hyper::service::service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let mut req = req.map(Body::new);
                         req.extensions_mut().insert(reset.clone());
                         app.clone().oneshot(req)
-                    },
-                );
+                    });
+                let mut stop = stop.clone();
                 tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(io, service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(io, service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = stop.changed() => {}
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 });
             }
         });

@@ -97,14 +97,21 @@ async fn origin(switch: &Switch) -> Origin {
         let body = body_for(&s.path, s.n);
         match switch.get() {
             Mode::Healthy => Reply::ok(body),
-            Mode::Slow => Reply::ok(body).delay(UPSTREAM_TIMEOUT * 2),
+            // cachegate gives up after its timeout; the origin notices the closed
+            // connection a little later (at its next write, for a trickle): the
+            // request stops counting as in flight when cachegate stops waiting.
+            Mode::Slow => Reply::ok(body)
+                .delay(UPSTREAM_TIMEOUT * 2)
+                .client_gives_up(UPSTREAM_TIMEOUT),
             Mode::Errors => Reply::ok("oops").status(500),
             Mode::Reset => Reply::ok(body).fault(BodyFault::Reset),
             Mode::Truncate => Reply::ok(body).fault(BodyFault::Truncate),
-            Mode::Trickle => Reply::ok(body).fault(BodyFault::Trickle {
-                chunk: 512,
-                every: Duration::from_millis(150),
-            }),
+            Mode::Trickle => Reply::ok(body)
+                .fault(BodyFault::Trickle {
+                    chunk: 512,
+                    every: Duration::from_millis(150),
+                })
+                .client_gives_up(UPSTREAM_TIMEOUT),
         }
     })
     .await

@@ -33,6 +33,10 @@ pub struct Reply {
     pub delay: Duration,
     /// How the body is broken on the wire, if it is.
     pub fault: Option<BodyFault>,
+    /// When the client is known to give up (its timeout): from then on the request no
+    /// longer counts as in flight, although the origin may notice the closed connection
+    /// only at its next write.
+    pub client_gives_up: Option<Duration>,
 }
 
 /// A body that goes wrong after the headers: each announces the whole body in
@@ -55,6 +59,7 @@ impl Reply {
             body: body.into(),
             delay: Duration::ZERO,
             fault: None,
+            client_gives_up: None,
         }
     }
 
@@ -75,6 +80,11 @@ impl Reply {
 
     pub fn fault(mut self, fault: BodyFault) -> Self {
         self.fault = Some(fault);
+        self
+    }
+
+    pub fn client_gives_up(mut self, after: Duration) -> Self {
+        self.client_gives_up = Some(after);
         self
     }
 }
@@ -102,12 +112,16 @@ struct Counters {
     max_in_flight_per_path: AtomicUsize,
 }
 
-/// One request in flight, counted in all and for its path until dropped: when the
-/// handler returns, or, for a broken body, when the origin ends the exchange (or the
-/// client went away first and the body was dropped).
-struct Flight {
+/// One request in flight, counted in all and for its path until it ends: when the
+/// handler returns, or, for a broken body, when the origin ends the exchange; when the
+/// client goes away first (hyper drops the handler or the body); or when the client is
+/// known to have given up (`Reply::client_gives_up`).
+struct Flight(Arc<FlightInner>);
+
+struct FlightInner {
     counters: Arc<Counters>,
     path: String,
+    ended: AtomicBool,
 }
 
 impl Flight {
@@ -123,15 +137,27 @@ impl Flight {
         counters
             .max_in_flight_per_path
             .fetch_max(on_path, Ordering::SeqCst);
-        Flight {
+        Flight(Arc::new(FlightInner {
             counters: counters.clone(),
             path: path.to_string(),
-        }
+            ended: AtomicBool::new(false),
+        }))
+    }
+
+    fn end_after(&self, d: Duration) {
+        let inner = self.0.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            inner.end();
+        });
     }
 }
 
-impl Drop for Flight {
-    fn drop(&mut self) {
+impl FlightInner {
+    fn end(&self) {
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
         if let Some(n) = self
             .counters
@@ -142,6 +168,12 @@ impl Drop for Flight {
         {
             *n -= 1;
         }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -355,6 +387,9 @@ async fn handle(
     // drops the handler then).
     let flight = Flight::start(&counters, &seen.path);
     let reply = handler(&seen);
+    if let Some(after) = reply.client_gives_up {
+        flight.end_after(after);
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }

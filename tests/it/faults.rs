@@ -117,14 +117,20 @@ async fn origin(switch: &Switch) -> Origin {
     .await
 }
 
-async fn cachegate(origin: &Origin, store_yaml: &str) -> Proxy {
+/// cachegate in front of `origin`; `upstream`: more settings for the upstream (e.g. a
+/// breaker), `store_yaml`: a `store:` block.
+async fn cachegate_with(origin: &Origin, upstream: &str, store_yaml: &str) -> Proxy {
     let yaml = format!(
-        "listen: 127.0.0.1:0\nupstreams:\n  origin: {{ url: \"{}\", connect_timeout: 500ms, timeout: {}ms }}\n\
+        "listen: 127.0.0.1:0\nupstreams:\n  origin: {{ url: \"{}\", connect_timeout: 500ms, timeout: {}ms{upstream} }}\n\
          defaults: {{ {DEFAULTS} }}\nroutes:\n  - path: /{{*rest}}\n    upstream: origin\n{store_yaml}",
         origin.url(),
         UPSTREAM_TIMEOUT.as_millis()
     );
     Proxy::start(&yaml).await
+}
+
+async fn cachegate(origin: &Origin, store_yaml: &str) -> Proxy {
+    cachegate_with(origin, "", store_yaml).await
 }
 
 // === the load ===
@@ -382,9 +388,13 @@ async fn recovers_in_redis(name: &str, p: &Proxy, redis: &RedisServer) {
 // === origin faults (memory store) ===
 
 async fn origin_test(name: &str, mode: Mode) {
+    origin_test_with(name, mode, "").await;
+}
+
+async fn origin_test_with(name: &str, mode: Mode, upstream: &str) {
     let switch = Switch::default();
     let origin = origin(&switch).await;
-    let p = cachegate(&origin, "").await;
+    let p = cachegate_with(&origin, upstream, "").await;
     let (figures, ()) = under_load(&p, origin_fault(&switch, mode)).await;
     assert!(
         figures.get(&figures.stale) > 0,
@@ -401,6 +411,14 @@ async fn origin_slower_than_its_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origin_answering_500() {
     origin_test("origin_500", Mode::Errors).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origin_answering_500_behind_the_breaker() {
+    // The same outage with the upstream's breaker on: once open, stale copies answer
+    // without a refresh being sent, so the failing origin sees far fewer requests.
+    let breaker = ", breaker: { failures: 5, open_for: 1s }";
+    origin_test_with("origin_500_breaker", Mode::Errors, breaker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -158,15 +158,23 @@ pub async fn fetch(
             // A body cut short is never stored; a stale copy may still answer.
             status.detail = Some(Detail::Incomplete);
             let fwd_status = Some(parts.status);
-            return origin_failed(
+            let mut failed = origin_failed(
                 route,
                 inbound,
                 stale.as_deref(),
                 now,
                 fwd_status,
-                error,
+                error.clone(),
                 status,
             );
+            // Not an answer the waiters could each ask for again (that would send one
+            // origin request per waiter to an origin that is breaking bodies): they
+            // share the failure, as when the origin did not answer at all.
+            failed.shared = Shared::Failed {
+                fwd_status: None,
+                error,
+            };
+            return failed;
         }
     };
 

@@ -7,6 +7,7 @@ mod cli;
 mod coalescing;
 mod drain;
 mod early_refresh;
+mod faults;
 mod fleet;
 mod fleet_purge;
 mod forwarding;

@@ -339,6 +339,26 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// SIGSTOP: the process stays, its sockets stay open, nothing answers (commands
+    /// time out rather than fail).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`: it answers what queued up, then carries on.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {signal} {pid}");
+    }
+
     pub fn running(&self) -> bool {
         self.child.is_some()
     }

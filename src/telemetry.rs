@@ -177,8 +177,9 @@ pub fn record_request(
     );
 }
 
-pub fn record_origin_request(route: &Arc<str>, kind: &'static str) {
-    metrics::counter!("cachegate_origin_requests_total", "route" => label(route), "kind" => kind)
+/// A request sent to an origin (`kind`: fetch, refresh, pass).
+pub fn record_origin_request(upstream: &str, route: &Arc<str>, kind: &'static str) {
+    metrics::counter!("cachegate_origin_requests_total", "upstream" => upstream.to_string(), "route" => label(route), "kind" => kind)
         .increment(1);
 }
 
@@ -215,7 +216,7 @@ pub fn record_origin_rejected(upstream: &str, reason: &'static str) {
 
 /// One origin exchange up to its response headers: `cachegate_origin_duration_seconds`,
 /// and `cachegate_origin_errors_total{upstream,reason}` when it failed (`reason`:
-/// timeout, connect, protocol, status_5xx).
+/// timeout, connect, protocol, 5xx).
 pub fn record_origin_exchange(upstream: &str, elapsed: Duration, error: Option<&'static str>) {
     metrics::histogram!("cachegate_origin_duration_seconds", "upstream" => upstream.to_string())
         .record(elapsed.as_secs_f64());

@@ -46,6 +46,8 @@ pub async fn fetch(
     fwd: Fwd,
     permit: Option<OriginPermit>,
 ) -> Fetched {
+    // A refresh comes with its admission already taken; a miss waits for one.
+    let kind = if permit.is_some() { "refresh" } else { "fetch" };
     let upstream = inbound.rt.origins.upstream(route.upstream);
     let mut status = with_key(CacheStatus::forward(fwd), route, key);
     let mut permit = match permit {
@@ -62,7 +64,7 @@ pub async fn fetch(
     };
     // What this exchange costs the origin, stored with the entry for early refresh.
     let started = std::time::Instant::now();
-    let sent = send_for_cache(route, inbound, stale.as_deref()).await;
+    let sent = send_for_cache(route, inbound, stale.as_deref(), kind).await;
     let now = SystemTime::now();
 
     let resp = match sent {
@@ -298,6 +300,7 @@ async fn send_for_cache(
     route: &Route,
     inbound: &Inbound,
     stale: Option<&CacheEntry>,
+    kind: &'static str,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ProxyError> {
     // The canonical request carries no client conditionals or ranges: the cache asks
     // for the whole representation, with its own validators.
@@ -319,7 +322,7 @@ async fn send_for_cache(
         &inbound.fwd,
         Body::empty(),
     );
-    crate::telemetry::record_origin_request(&route.template, "fetch");
+    crate::telemetry::record_origin_request(&upstream.name, &route.template, kind);
     inbound.rt.origins.send(route.upstream, req).await
 }
 

@@ -489,7 +489,7 @@ async fn forward(
         &fwd,
         body,
     );
-    crate::telemetry::record_origin_request(&route.template, "pass");
+    crate::telemetry::record_origin_request(&upstream.name, &route.template, "pass");
     match inbound.rt.origins.send(route.upstream, req).await {
         Ok(resp) => {
             permit.report_status(resp.status());

@@ -59,7 +59,7 @@ impl Origins {
             match tokio::time::timeout(upstream.timeout, client.request(req)).await {
                 Err(_) => (Err(ProxyError::UpstreamTimeout), Some("timeout")),
                 Ok(Ok(resp)) => {
-                    let reason = resp.status().is_server_error().then_some("status_5xx");
+                    let reason = resp.status().is_server_error().then_some("5xx");
                     (Ok(resp), reason)
                 }
                 Ok(Err(e)) if e.is_connect() => (

@@ -147,7 +147,7 @@ async fn each_family_moves_with_the_traffic_that_drives_it() {
         ),
         (
             "cachegate_origin_errors_total",
-            vec!["upstream=\"origin\"", "reason=\"status_5xx\""],
+            vec!["upstream=\"origin\"", "reason=\"5xx\""],
             1.0,
         ),
         ("cachegate_refreshes_total", vec![route], 1.0),

@@ -11,7 +11,8 @@
 # Env (defaults in brackets):
 #   SCENARIOS [hit miss stampede cold]   which scenarios to run
 #   TARGETS   [origin static nginx varnish cachegate cachegate-redis cachegate-redis-l2]
-#             which columns; cachegate-redis has the default L1 in front of Redis,
+#             which columns (cachegate-early, not in the default: memory store with
+#             early_refresh: { beta: 1.0 } on the route); cachegate-redis has the default L1 in front of Redis,
 #             cachegate-redis-l2 sets store.l1.max_size: 0 (every hit reads Redis)
 #   DURATION [10s] CONNECTIONS [64] THREADS [2]   each wrk run (hit, miss)
 #   HIT_PATH [/hit/1?cc=max-age%3D3600]   the warm key (same bytes from every target)
@@ -53,6 +54,7 @@ CG_PORT=$((BASE_PORT + 4))
 CGR_PORT=$((BASE_PORT + 5))
 REDIS_PORT=$((BASE_PORT + 6))
 CGR2_PORT=$((BASE_PORT + 7))
+CGE_PORT=$((BASE_PORT + 8))
 [[ $REDIS_PORT != 6379 ]] || { echo "BASE_PORT puts redis-server on 6379; pick another" >&2; exit 2; }
 
 log() { echo "[compare $(date +%T)] $*" >&2; }
@@ -176,9 +178,9 @@ fi
 # start_cachegate NAME PORT STORE: 0 when it answers; 1 (and a note in PENDING) when it exits.
 declare -A PENDING
 start_cachegate() {
-  local name=$1 port=$2 store=$3
+  local name=$1 port=$2 store=$3 route_extra=${4:-}
   render "$CONF/cachegate.yaml.in" "$WORK/$name.yaml" PORT="$port" ORIGIN_PORT="$ORIGIN_PORT" \
-    STORE="$store"
+    STORE="$store" ROUTE_EXTRA="$route_extra"
   "$BIN" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   if wait_http "$name" "$!" "http://127.0.0.1:$port/__ready"; then
@@ -192,6 +194,9 @@ start_cachegate() {
 
 if want cachegate; then
   start_cachegate cachegate "$CG_PORT" "{ backend: memory }" || exit 1
+fi
+if want cachegate-early; then
+  start_cachegate cachegate-early "$CGE_PORT" "{ backend: memory }" "early_refresh: { beta: 1.0 }" || exit 1
 fi
 
 if want cachegate-redis || want cachegate-redis-l2; then
@@ -306,7 +311,7 @@ rows = {
     "stampede": [("per_expiry", v("origin_requests_per_expiry")), ("max_in_flight", v("origin_max_in_flight_hot")),
                  ("origin_requests", v("origin_requests")), ("rps", v("client_latency", "count")),
                  ("p99", v("client_latency", "p(99)")), ("max", v("client_latency", "max")),
-                 ("errors", v("http_req_failed", "passes"))],
+                 ("errors", v("http_req_failed", "passes")), ("stale", v("stale_served", "count"))],
     "cold": [("origin_requests", v("cold_origin_requests")), ("slowest", v("cold_latency", "max")),
              ("fastest", v("cold_latency", "min")), ("late", v("late_starters", "count")),
              ("errors", v("http_req_failed", "passes"))],
@@ -410,6 +415,7 @@ row("stampede client req/s", lambda t: f(get("stampede", t, "rps")))
 row("stampede client p99 ms", lambda t: f(get("stampede", t, "p99"), 1))
 row("stampede client max ms", lambda t: f(get("stampede", t, "max"), 1))
 row("stampede errors", lambda t: f(get("stampede", t, "errors")))
+row("stampede stale answers", lambda t: f(get("stampede", t, "stale")))
 row("cold origin requests", lambda t: f(get("cold", t, "origin_requests")))
 row("cold slowest waiter ÷ origin delay", lambda t: f(ratio(get("cold", t, "slowest"), delay_ms), 2))
 row("cold slowest waiter ms", lambda t: f(get("cold", t, "slowest"), 1))

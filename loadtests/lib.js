@@ -30,6 +30,17 @@ export const TREND_STATS = ['avg', 'min', 'med', 'p(95)', 'p(99)', 'max', 'count
 // Client latency of the load requests only: http_req_duration would also include the
 // origin-stats and warm-up requests made in setup() and teardown().
 export const latency = new Trend('client_latency', true);
+// Answers served from a copy past its max-age (each proxy's own marker: cachegate
+// Cache-Status detail=stale-while-revalidate, nginx X-Cache-Status STALE/UPDATING,
+// Varnish X-Cache STALE as loadtests/conf/varnish.vcl.in sets it in grace).
+export const staleServed = new Counter('stale_served');
+
+export function isStale(res) {
+  const cs = res.headers['Cache-Status'] || '';
+  const ng = res.headers['X-Cache-Status'] || '';
+  const vn = res.headers['X-Cache'] || '';
+  return cs.includes('stale-while-revalidate') || ng === 'STALE' || ng === 'UPDATING' || vn === 'STALE';
+}
 export const statsErrors = new Counter('origin_stats_errors');
 export const runSeconds = new Gauge('run_seconds');
 
@@ -146,6 +157,7 @@ export function hotKey({ title, urls, defaultVus }) {
     const url = urls[exec.scenario.iterationInTest % urls.length];
     const res = http.get(url + hotPath, { tags: { name: 'hot' } });
     latency.add(res.timings.duration);
+    staleServed.add(isStale(res) ? 1 : 0);
   }
 
   function teardown(data) {

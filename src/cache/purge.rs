@@ -223,10 +223,20 @@ pub fn micros(t: SystemTime) -> u64 {
 }
 
 /// The entry as a soft purge leaves it: stale from `now`, its stale windows kept.
+///
+/// The stale windows keep their length from the new end of freshness, so an entry that
+/// may not be served stale at all (`must-revalidate`: no window) is not served stale
+/// after a soft purge either.
 pub fn soften(entry: &CacheEntry, now: SystemTime) -> CacheEntry {
     let mut e = entry.clone();
     let past = now.checked_sub(Duration::from_millis(1)).unwrap_or(now);
-    e.fresh_until = e.fresh_until.min(past);
+    if e.fresh_until <= past {
+        return e;
+    }
+    let window = |until: SystemTime| until.duration_since(entry.fresh_until).unwrap_or_default();
+    e.stale_until = e.stale_until.min(past + window(entry.stale_until));
+    e.error_until = e.error_until.min(past + window(entry.error_until));
+    e.fresh_until = past;
     e
 }
 

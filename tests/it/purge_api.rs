@@ -425,3 +425,24 @@ async fn tags_survive_a_304_revalidation() {
         assert_eq!(answer["total"], 1, "{tag}: {answer}");
     }
 }
+
+#[tokio::test]
+async fn a_soft_purge_never_serves_must_revalidate_entries_stale() {
+    let origin = Origin::start(|s: &Seen| {
+        Reply::ok(format!("{} #{}", s.path, s.n))
+            .header("cache-control", "max-age=60, must-revalidate")
+    })
+    .await;
+    let (p, admin) = start(&origin, "").await;
+    p.get("/mr/1").await;
+    assert!(hit(&p.get("/mr/1").await));
+    let (_, answer) = purge(&admin, json!({"urls": ["/mr/1"], "soft": true})).await;
+    assert_eq!(answer["total"], 1);
+    let next = p.get("/mr/1").await;
+    assert!(
+        miss(&next),
+        "must-revalidate: fetched, not served stale: {}",
+        next.cache_status()
+    );
+    assert_eq!(next.body, "/mr/1 #1");
+}

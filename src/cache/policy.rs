@@ -23,8 +23,8 @@ pub struct RoutePolicy {
     /// a missing id is not remembered as long as a found one. Zero: not stored unless the
     /// origin gives freshness.
     pub negative_ttl: Duration,
-    /// XFetch's beta (`early_refresh: { beta }`): hits on a fresh entry refresh it early,
-    /// with a probability that grows as its expiry nears (`refresh_early`). None: off.
+    /// XFetch's beta (`early_refresh: { beta }`): a hit on a fresh entry refreshes it once
+    /// it is within a random horizon of its expiry (`refresh_early`). None: off.
     pub early_refresh: Option<f64>,
     /// Window after the soft TTL in which a stale copy is served while one refresh runs.
     pub stale: Duration,
@@ -702,15 +702,18 @@ pub fn decide(
 
 /// XFetch (Vattani, Chierichetti and Lowenstein, "Optimal Probabilistic Cache Stampede
 /// Prevention", VLDB 2015): whether a hit on a fresh entry refreshes it now. `delta` is
-/// what fetching it cost, `left` its remaining freshness, `sample` uniform in (0, 1].
-/// Refreshes when `delta * beta * -ln(sample) >= left`: almost never while much time is
-/// left, ever more likely as expiry nears, and earlier for entries that are slow to fetch.
+/// what fetching it cost, `left` its remaining freshness, `sample` uniform in (0, 1]
+/// (drawn once per stored entry by the caller, so one entry is refreshed early once).
+/// Refreshes when `delta * (1 + beta * -ln(sample)) >= left`: XFetch's random horizon
+/// plus one fetch time, so the new copy lands before the old one goes stale even when
+/// the horizon drawn is short; almost never while much time is left, and earlier for
+/// entries that are slow to fetch.
 pub fn refresh_early(delta: Duration, left: Duration, beta: f64, sample: f64) -> bool {
     if delta.is_zero() || beta <= 0.0 {
         return false;
     }
     let sample = sample.clamp(f64::MIN_POSITIVE, 1.0);
-    delta.as_secs_f64() * beta * -sample.ln() >= left.as_secs_f64()
+    delta.as_secs_f64() * (1.0 + beta * -sample.ln()) >= left.as_secs_f64()
 }
 
 fn scale(d: Duration, by: f64) -> Duration {
@@ -1201,8 +1204,13 @@ mod tests {
                 .count() as f64
                 / n as f64
         };
-        // P(refresh) = exp(-left / (delta * beta)).
-        for (left, want) in [(0, 1.0), (100, (-1.0f64).exp()), (300, (-3.0f64).exp())] {
+        // Within one fetch time of expiry always; before that P = exp(-(left - delta) / (delta * beta)).
+        for (left, want) in [
+            (0, 1.0),
+            (100, 1.0),
+            (200, (-1.0f64).exp()),
+            (400, (-3.0f64).exp()),
+        ] {
             assert!(
                 (rate(left) - want).abs() < 0.01,
                 "{left}ms: {} vs {want}",

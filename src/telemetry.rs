@@ -125,6 +125,38 @@ pub fn request_span(
     span
 }
 
+/// The root span of a background refresh, linked to the current (request) span.
+pub fn refresh_span(route: &str) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let trigger = tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .clone();
+    let span = tracing::info_span!(parent: None, "cache.refresh", otel.name = "cache.refresh", http.route = route);
+    if trigger.is_valid() {
+        span.add_link(trigger);
+    }
+    span
+}
+
+/// The span of one origin exchange (a child of the request or refresh span).
+pub fn origin_span(upstream: &str, kind: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "origin.fetch",
+        otel.name = "origin.fetch",
+        upstream = upstream,
+        kind = kind
+    )
+}
+
+/// Fills the request span's outcome fields once the response is known.
+pub fn record_outcome(span: &tracing::Span, cache: &'static str, status: StatusCode) {
+    span.record("cache", cache);
+    span.record("http.response.status_code", status.as_u16());
+}
+
 /// Adds the current span's trace context to an origin request.
 pub fn inject_trace_context(headers: &mut http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;

@@ -323,7 +323,13 @@ async fn send_for_cache(
         Body::empty(),
     );
     crate::telemetry::record_origin_request(&upstream.name, &route.template, kind);
-    inbound.rt.origins.send(route.upstream, req).await
+    use tracing::Instrument;
+    inbound
+        .rt
+        .origins
+        .send(route.upstream, req)
+        .instrument(crate::telemetry::origin_span(&upstream.name, kind))
+        .await
 }
 
 /// What selects a variant: the forwarding values cachegate sends (host, scheme), the

@@ -94,6 +94,11 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
                 resp.headers_mut().remove(name);
             }
         }
+        crate::telemetry::record_outcome(
+            &tracing::Span::current(),
+            status.outcome(),
+            resp.status(),
+        );
         crate::telemetry::record_request(
             &route.template,
             &status,

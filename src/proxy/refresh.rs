@@ -90,7 +90,9 @@ pub fn spawn(
         fwd: inbound.fwd.clone(),
         upstream: inbound.upstream.clone(),
     };
-    let span = tracing::info_span!("refresh", http.route = %route.template);
+    // Its own trace, linked to the request that found the entry stale: a refresh outlives
+    // that request and is not part of its latency.
+    let span = crate::telemetry::refresh_span(&route.template);
     tokio::spawn(
         async move {
             // One refresh per key for the whole fleet: without the lease, another replica

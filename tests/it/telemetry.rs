@@ -52,7 +52,7 @@ async fn traces_are_exported_and_the_trace_continues_to_the_origin() {
     let path = dir.path().join("routes.yaml");
     let yaml = proxy::config_yaml(
         &origin.url(),
-        "ttl: 60s",
+        "ttl: 2s, stale: 60s",
         "  - path: /{*rest}\n    upstream: origin\n",
     )
     .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
@@ -125,6 +125,34 @@ async fn traces_are_exported_and_the_trace_continues_to_the_origin() {
         "{}",
         metrics.body
     );
+
+    // Stale: answered at once while a refresh runs as its own trace.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = proxy::send(&client, "GET", &format!("{base}/traced"), &[]).await;
+    assert!(
+        stale.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        stale.cache_status()
+    );
+    for name in [&b"origin.fetch"[..], b"cache.refresh"] {
+        let mut found = false;
+        for _ in 0..50 {
+            found = exports
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|b| b.windows(name.len()).any(|w| w == name));
+            if found {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            found,
+            "a {} span reached the collector",
+            String::from_utf8_lossy(name)
+        );
+    }
 
     let trace_id: Vec<u8> = (0..16)
         .map(|i| u8::from_str_radix(&TRACE_ID[2 * i..2 * i + 2], 16).unwrap())

@@ -51,7 +51,10 @@ pub fn init() -> Telemetry {
     });
     let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(writer));
     let (otel, provider) = match otlp_tracer() {
-        Ok(Some((layer, provider))) => (Some(layer), Some(provider)),
+        Ok(Some((layer, provider))) => {
+            EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+            (Some(layer), Some(provider))
+        }
         Ok(None) => (None, None),
         Err(e) => {
             eprintln!("cachegate: OpenTelemetry disabled: {e:#}");
@@ -151,8 +154,15 @@ pub fn origin_span(upstream: &str, kind: &'static str) -> tracing::Span {
     )
 }
 
+/// Whether spans are exported (OTLP configured): recording span fields is skipped
+/// otherwise, since the log layers would format them on every request for nobody.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Fills the request span's outcome fields once the response is known.
 pub fn record_outcome(span: &tracing::Span, cache: &'static str, status: StatusCode) {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     span.record("cache", cache);
     span.record("http.response.status_code", status.as_u16());
 }

@@ -63,6 +63,16 @@ impl Runtime {
     }
 }
 
+/// The token from `Authorization: Bearer TOKEN`.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
 /// The process's state: what lives across reloads (the cache: store, single-flight
 /// table, lease, hit-for-miss) and the current `Runtime`.
 pub struct AppState {

@@ -223,7 +223,7 @@ pub async fn handle(
     headers: &HeaderMap,
     request: Result<PurgeRequest, Rejected>,
 ) -> Response {
-    if let Err(e) = state.admin_token_ok(bearer(headers)) {
+    if let Err(e) = state.admin_token_ok(crate::app::bearer(headers)) {
         return e.into_response();
     }
     let plan = request.and_then(|r| r.plan(&state.runtime()));
@@ -245,16 +245,6 @@ pub fn soft_requested(headers: &HeaderMap) -> bool {
         || headers
             .get("fastly-soft-purge")
             .is_some_and(|v| v.as_bytes() == b"1")
-}
-
-/// The token from `Authorization: Bearer TOKEN`.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response {

@@ -145,7 +145,11 @@ pub fn refresh_span(route: &str) -> tracing::Span {
 }
 
 /// The span of one origin exchange (a child of the request or refresh span).
+/// Nothing (`Span::none`) when spans are not exported: misses do not pay for it.
 pub fn origin_span(upstream: &str, kind: &'static str) -> tracing::Span {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         "origin.fetch",
         otel.name = "origin.fetch",

@@ -128,7 +128,7 @@ const PURGE_BODY_MAX: usize = 1 << 20;
 /// restart, or 422 with the error (the running config stays).
 async fn reload(State(admin): State<Admin>, req: axum::extract::Request) -> Response {
     let state = &admin.state;
-    if let Err(e) = state.admin_token_ok(purge::bearer(req.headers())) {
+    if let Err(e) = state.admin_token_ok(crate::app::bearer(req.headers())) {
         return e.into_response();
     }
     let Some(path) = state.config_path() else {

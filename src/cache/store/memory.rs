@@ -187,9 +187,10 @@ impl Store for MemoryStore {
         let now = SystemTime::now();
         self.log.record(selector, mode, now);
         if *selector == Selector::All && mode == Mode::Hard {
+            // The tag index stays: a write racing this purge may already be in it, and the
+            // members left dangling go with the next rebuild.
             let n = self.cache.iter().count() as u64;
             self.cache.invalidate_all();
-            *self.tags.lock().unwrap_or_else(|e| e.into_inner()) = TagIndex::default();
             return Ok(n);
         }
         let mut purged = 0;

@@ -224,6 +224,8 @@ impl RedisStore {
             tag_script: redis::Script::new(TAG_LUA),
             record_script: redis::Script::new(RECORD_LUA),
         });
+        // The gauge moves on the breaker's transitions only (not per command).
+        crate::telemetry::record_breaker_component("store:redis", false);
         match inner.open().await {
             Ok(handle) => inner.set_conn(Some(handle)),
             Err(error) => {
@@ -671,10 +673,6 @@ impl Inner {
             (None, Some(handle)) => handle,
             (refused, _) => {
                 crate::telemetry::record_store_op("l2", op, "error");
-                crate::telemetry::record_breaker_component(
-                    "store:redis",
-                    !self.breaker.is_closed(),
-                );
                 return Err(fail(refused.unwrap_or("not connected").into()));
             }
         };
@@ -683,9 +681,7 @@ impl Inner {
         crate::telemetry::record_store_duration("l2", op, started.elapsed());
         let ok = matches!(outcome, Ok(Ok(_)));
         crate::telemetry::record_store_op("l2", op, if ok { "ok" } else { "error" });
-        let result = self.settle(outcome, fail);
-        crate::telemetry::record_breaker_component("store:redis", !self.breaker.is_closed());
-        result
+        self.settle(outcome, fail)
     }
 
     /// The breaker's and the connection's view of one command's outcome.
@@ -1287,6 +1283,7 @@ impl Inner {
 
     fn failed(self: &Arc<Self>) {
         if self.breaker.failed() {
+            crate::telemetry::record_breaker_component("store:redis", true);
             // The connection that kept failing is suspect (a half-open TCP socket never
             // errors): the probe after the cooldown uses a fresh one.
             self.reconnect();
@@ -1455,6 +1452,7 @@ impl Breaker {
         self.with(|s| {
             if !matches!(s, BreakerState::Closed { .. }) {
                 tracing::warn!("redis circuit closed: the store is healthy again");
+                crate::telemetry::record_breaker_component("store:redis", false);
             }
             *s = BreakerState::Closed { failures: 0 };
         })

@@ -229,6 +229,10 @@ impl Store for TieredStore {
         let purged = self.l2.purge(selector, mode).await;
         // A lookup that read L2 before the purge must not refill L1 after it.
         self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Selector::Key(key) = selector {
+            self.l1.invalidate(key.as_str()).await;
+            return purged;
+        }
         let local: Vec<Arc<String>> = self
             .l1
             .iter()

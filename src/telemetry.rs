@@ -44,6 +44,10 @@ pub fn init() -> Telemetry {
         .lossy(true)
         .thread_name("cachegate-log")
         .finish(std::io::stderr());
+    let sink = AccessSink {
+        writer: writer.clone(),
+        json,
+    };
     let plain = (!json).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
@@ -61,12 +65,15 @@ pub fn init() -> Telemetry {
             (None, None)
         }
     };
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(otel)
         .with(plain)
         .with(json)
         .with(filter)
         .try_init();
+    if installed.is_ok() {
+        let _ = ACCESS_SINK.set(sink);
+    }
     Telemetry {
         tracer: provider,
         _log_writer: Some(guard),
@@ -107,12 +114,17 @@ fn otlp_tracer() -> anyhow::Result<Option<(OtelLayer, opentelemetry_sdk::trace::
 }
 
 /// The span of one proxied request, continuing the client's trace (`traceparent`).
+/// Nothing (`Span::none`) when spans are not exported: the log layers would otherwise
+/// format its fields on every request for nobody (log lines carry the route themselves).
 pub fn request_span(
     method: &http::Method,
     route: &str,
     headers: &http::HeaderMap,
 ) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !exporting() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{method} {route}"),
@@ -162,6 +174,10 @@ pub fn origin_span(upstream: &str, kind: &'static str) -> tracing::Span {
 /// otherwise, since the log layers would format them on every request for nobody.
 static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Fills the request span's outcome fields once the response is known.
 pub fn record_outcome(span: &tracing::Span, cache: &'static str, status: StatusCode) {
     if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
@@ -171,9 +187,13 @@ pub fn record_outcome(span: &tracing::Span, cache: &'static str, status: StatusC
     span.record("http.response.status_code", status.as_u16());
 }
 
-/// Adds the current span's trace context to an origin request.
+/// Adds the current span's trace context to an origin request (when spans are exported;
+/// otherwise there is no context to add).
 pub fn inject_trace_context(headers: &mut http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !exporting() {
+        return;
+    }
     let cx = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers))
@@ -370,12 +390,32 @@ pub fn access_log(
     elapsed: Duration,
 ) {
     let Some(a) = access else { return };
-    let trace_id = current_trace_id().or_else(|| {
+    if !tracing::enabled!(target: "cachegate::access", tracing::Level::INFO) {
+        return;
+    }
+    let exported = exporting().then(current_trace_id).flatten();
+    let trace_id = exported.as_deref().or_else(|| {
         a.client_trace
             .as_ref()
             .and_then(|v| traceparent_trace_id(v.to_str().ok()?))
-            .map(str::to_owned)
     });
+    if let Some(sink) = ACCESS_SINK.get() {
+        let line = AccessLine {
+            message: "access",
+            method: a.method.as_str(),
+            route,
+            path: a.uri.path(),
+            status: resp.status().as_u16(),
+            cache: status.outcome(),
+            bytes: response_bytes(resp),
+            duration_ms: elapsed.as_micros() as f64 / 1000.0,
+            client: a.client,
+            trace_id,
+        };
+        sink.write(&line);
+        return;
+    }
+    // No process log writer (an embedded router): through `tracing` like any event.
     tracing::info!(
         target: "cachegate::access",
         method = %a.method,
@@ -389,6 +429,134 @@ pub fn access_log(
         trace_id,
         "access"
     );
+}
+
+/// The process's log writer, for access lines: set by `init`.
+static ACCESS_SINK: std::sync::OnceLock<AccessSink> = std::sync::OnceLock::new();
+
+/// Access lines are written here, in the layout of the process's `tracing` format
+/// (`CACHEGATE_LOG_FORMAT`), straight to the same bounded queue: one line per request
+/// is the busiest log there is, and going through `tracing`'s field visitors cost ~19k
+/// instructions a line (BENCHMARKS.md section 14) for a fixed set of fields.
+struct AccessSink {
+    writer: tracing_appender::non_blocking::NonBlocking,
+    json: bool,
+}
+
+/// The fields of one access line.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    /// The JSON line's `message` (the plain line writes it as text).
+    message: &'static str,
+    method: &'a str,
+    route: &'a str,
+    path: &'a str,
+    status: u16,
+    cache: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    duration_ms: f64,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "display_opt"
+    )]
+    client: Option<std::net::SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+}
+
+fn display_opt<S: serde::Serializer>(
+    v: &Option<std::net::SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+impl AccessSink {
+    fn write(&self, line: &AccessLine<'_>) {
+        use std::io::Write as _;
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            if self.json {
+                json_line(buf, line);
+            } else {
+                plain_line(buf, line);
+            }
+            buf.push(b'\n');
+            // Lossy: a full queue drops the line, as it does for every log line.
+            let _ = self.writer.clone().write_all(buf);
+        });
+    }
+}
+
+/// `tracing_subscriber::fmt`'s JSON layout: timestamp, level, fields (message first),
+/// target.
+fn json_line(buf: &mut Vec<u8>, line: &AccessLine<'_>) {
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        timestamp: &'a str,
+        level: &'static str,
+        fields: &'a AccessLine<'a>,
+        target: &'static str,
+    }
+    let mut ts = [0u8; 27];
+    let json = Json {
+        timestamp: timestamp(&mut ts),
+        level: "INFO",
+        fields: line,
+        target: "cachegate::access",
+    };
+    let _ = serde_json::to_writer(&mut *buf, &json);
+}
+
+/// `tracing_subscriber::fmt`'s plain layout: `timestamp  INFO target: message k=v ...`,
+/// strings quoted as `Debug` quotes them, no colour codes.
+fn plain_line(buf: &mut Vec<u8>, line: &AccessLine<'_>) {
+    use std::io::Write as _;
+    let mut ts = [0u8; 27];
+    buf.extend_from_slice(timestamp(&mut ts).as_bytes());
+    buf.extend_from_slice(b"  INFO cachegate::access: access method=");
+    buf.extend_from_slice(line.method.as_bytes());
+    let _ = write!(buf, " route={:?} path={:?}", line.route, line.path);
+    let _ = write!(buf, " status={} cache={:?}", line.status, line.cache);
+    if let Some(bytes) = line.bytes {
+        let _ = write!(buf, " bytes={bytes}");
+    }
+    let _ = write!(buf, " duration_ms={:?}", line.duration_ms);
+    if let Some(client) = line.client {
+        let _ = write!(buf, " client={client}");
+    }
+    if let Some(id) = line.trace_id {
+        let _ = write!(buf, " trace_id={id:?}");
+    }
+}
+
+/// Now as RFC 3339 in UTC with microseconds (`2026-12-02T20:33:25.123456Z`), as the
+/// `tracing` layers print it.
+fn timestamp(out: &mut [u8; 27]) -> &str {
+    use std::io::Write as _;
+    let t = time::OffsetDateTime::from(std::time::SystemTime::now());
+    let mut w = &mut out[..];
+    let _ = write!(
+        w,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    );
+    let left = w.len();
+    let len = out.len() - left;
+    std::str::from_utf8(&out[..len]).unwrap_or("")
 }
 
 /// The body length when it is known up front (stored entries, sized origin bodies);

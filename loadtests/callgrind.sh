@@ -25,6 +25,7 @@
 #                      doing everything), cache files in a temp dir. NGINX_ACCESS_LOG
 #                      [both] = on | off | both: the combined access log to a file, or none.
 # Env: EXTRA_YAML (appended to cachegate's routes file, e.g. `log: { access: false }`),
+#      KEEP=DIR (copy each run's callgrind.out there, for callgrind_annotate --inclusive=yes),
 #      SKIP_INSTALL=1 (fail instead of apt-get installing valgrind, nginx, redis-server).
 set -euo pipefail
 
@@ -207,6 +208,7 @@ for i in range(n):
 PY
   if [[ $MODE == nginx ]]; then kill -TERM "$pid"; else kill -INT "$pid"; fi
   wait "$pid" || true
+  if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/callgrind.$MODE-$STORE-$mode-$n-$access.out"; fi
   callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' | head -1
 }
 

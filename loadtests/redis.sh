@@ -10,7 +10,7 @@
 #   loadtests/redis.sh                 # builds target/release/cachegate; ~4 minutes
 #   CACHEGATE_BIN=/tmp/cachegate-abc ROUNDS=5 DURATION=5s loadtests/redis.sh
 #
-# Env (defaults in brackets): ROUNDS [3] DURATION [8s] CONNECTIONS [64] THREADS [2]
+# Env (defaults in brackets): ROUNDS [3] DURATION [8s, whole seconds] CONNECTIONS [64] THREADS [2]
 #   HIT_PATH [/hit/1?cc=max-age%3D3600] RB_REQUESTS [300000] (redis-benchmark -n)
 #   CACHEGATE_BIN [target/release/cachegate, built unless SKIP_BUILD=1] SKIP_INSTALL=1
 #   RESULTS [unset]: also copy the raw TSV and wrk output to this directory
@@ -178,6 +178,7 @@ for t in "${TARGETS[@]}"; do
   [[ $status == *"; hit"* ]] || { log "$t does not answer $HIT_PATH from its cache"; exit 1; }
 done
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 HIT_CELLS=(memory tiered redis-l2 redis-benchmark)
 MISS_CELLS=(memory tiered redis-l2)
 for round in $(seq "$ROUNDS"); do
@@ -195,6 +196,7 @@ done
   echo
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(uname -r)"
   echo "versions: $("$BIN" --version | head -1), $(redis-server --version | grep -o 'v=[0-9.]*'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+  echo "load average (1, 5, 15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION; redis-benchmark -t get -c $CONNECTIONS -n $RB_REQUESTS -d 70; rounds: $ROUNDS"
   echo "redis used_memory: $(redis-cli -p "$REDIS_PORT" info memory | tr -d '\r' | awk -F: '$1 == "used_memory_human" { print $2 }'), keys: $(redis-cli -p "$REDIS_PORT" dbsize)"
   echo

@@ -109,6 +109,7 @@ upstreams:
   origin: { url: "http://127.0.0.1:$ORIGIN_PORT", timeout: 10s }
 defaults: { ttl: 3600s, jitter: 0 }
 store: $2
+shutdown: { grace: 0s }
 routes:
   - path: /{*rest}
     upstream: origin

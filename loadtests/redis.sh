@@ -113,6 +113,8 @@ start_cachegate() { # start_cachegate NAME STORE_YAML
   port=$(free_port)
   render "$CONF/cachegate.yaml.in" "$WORK/$1.yaml" PORT="$port" ORIGIN_PORT="$ORIGIN_PORT" \
     STORE="$2" ROUTE_EXTRA=""
+  # No drain grace: the script stops it only when done, and stop_all waits 5 s at most.
+  echo "shutdown: { grace: 0s }" >>"$WORK/$1.yaml"
   "$BIN" --config "$WORK/$1.yaml" >"$WORK/$1.log" 2>&1 &
   PIDS+=($!)
   CPID[$1]=$!

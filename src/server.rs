@@ -12,7 +12,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::FutureExt;
@@ -25,9 +24,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tower::ServiceExt;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::admin::Readiness;
 use crate::app::AppState;
@@ -35,37 +31,69 @@ use crate::config::{Limits, ListenerTls};
 use crate::conn::ConnectionInfo;
 use crate::error::ProxyError;
 
-/// The proxy router with its layers. The onion, outermost first (a request passes top
-/// to bottom, its response bottom to top):
+/// The proxy's request stack, outermost first (a request passes top to bottom, its
+/// response bottom to top):
 ///
 /// ```text
-/// CatchPanicLayer   a panic below becomes a 500, not a dropped connection
-///   TimeoutLayer    limits.request_timeout over the whole request, origin included: 504
-///     enforce_limits  431 for oversized headers, 413 for oversized bodies
-///       proxy::handle   route -> key -> store -> single flight -> origin -> respond
+/// contain           a panic below becomes a 500, not a dropped connection;
+///                   limits.request_timeout over the whole request, origin included: 504
+///   enforce_limits  431 for oversized headers, 413 for oversized bodies
+///     proxy::handle   route -> key -> store -> single flight -> origin -> respond
 /// ```
 ///
-/// Connection-level limits (header read and idle timeouts, max connections, HTTP/2
-/// streams) are not layers: `serve` applies them per connection.
+/// Plain calls, not a `Router` with layers: the router cloned its boxed fallback service
+/// for every request and each middleware boxed its future, ~8k instructions a request
+/// (BENCHMARKS.md section 14). Connection-level limits (header read and idle timeouts,
+/// max connections, HTTP/2 streams) are not here: `serve` applies them per connection.
+pub async fn serve_request(state: Arc<AppState>, limits: &Limits, req: Request) -> Response {
+    contain(limits.request_timeout, async move {
+        match enforce_limits(limits, req) {
+            Ok(req) => crate::proxy::handle(State(state), req).await,
+            Err(refused) => refused,
+        }
+    })
+    .await
+}
+
+/// The proxy as an axum `Router` (benches and embedders): `serve_request` for every path.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limits = state.runtime().config.limits.clone();
-    layered(crate::proxy::router(state), limits)
+    let limits = Arc::new(state.runtime().config.limits.clone());
+    Router::new().fallback(move |req: Request| {
+        let (state, limits) = (state.clone(), limits.clone());
+        async move { serve_request(state, &limits, req).await }
+    })
 }
 
-/// The stack `router` draws, around any inner router (tests wrap their own).
-fn layered(inner: Router, limits: Limits) -> Router {
-    let request_timeout = limits.request_timeout;
-    // `Router::layer` wraps what is already there: the last one added is outermost.
-    inner
-        .layer(middleware::from_fn_with_state(limits, enforce_limits))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            request_timeout,
-        ))
-        .layer(CatchPanicLayer::new())
+/// `request` bounded by `timeout` (504), with a panic inside it answered as a 500.
+async fn contain(timeout: Duration, request: impl Future<Output = Response>) -> Response {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(tokio::time::timeout(timeout, request))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_elapsed)) => StatusCode::GATEWAY_TIMEOUT.into_response(),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            tracing::error!(panic = what, "request handler panicked");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "Service panicked",
+            )
+                .into_response()
+        }
+    }
 }
 
-async fn enforce_limits(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+/// 431 for oversized headers, 413 for a declared oversized body; otherwise the request
+/// with its body bounded to `max_request_body`.
+#[allow(clippy::result_large_err)]
+fn enforce_limits(limits: &Limits, req: Request) -> Result<Request, Response> {
     let header_bytes: usize = req
         .headers()
         .iter()
@@ -73,11 +101,11 @@ async fn enforce_limits(State(limits): State<Limits>, req: Request, next: Next) 
         .sum::<usize>()
         + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if header_bytes > limits.max_header_bytes {
-        return (
+        return Err((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request header fields too large\n",
         )
-            .into_response();
+            .into_response());
     }
     let declared = req
         .headers()
@@ -85,11 +113,11 @@ async fn enforce_limits(State(limits): State<Limits>, req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_request_body as u64) {
-        return ProxyError::PayloadTooLarge.into_response();
+        return Err(ProxyError::PayloadTooLarge.into_response());
     }
     let (parts, body) = req.into_parts();
     let body = Body::new(http_body_util::Limited::new(body, limits.max_request_body));
-    next.run(Request::from_parts(parts, body)).await
+    Ok(Request::from_parts(parts, body))
 }
 
 // === impl ServerTls ===
@@ -273,7 +301,7 @@ pub async fn shutdown_signal() {
 
 /// What every connection of both listeners shares.
 struct Ctx {
-    router: Router,
+    state: Arc<AppState>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     /// One permit per open connection (`limits.max_connections`), both listeners.
     permits: Arc<Semaphore>,
@@ -299,7 +327,7 @@ impl Ctx {
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_h2_streams);
         Ctx {
-            router: router(state.clone()),
+            state: state.clone(),
             builder: Arc::new(builder),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
@@ -415,7 +443,7 @@ where
         inner: stream,
         activity: activity.clone(),
     });
-    let router = ctx.router.clone();
+    let shared = Arc::new((ctx.state.clone(), ctx.limits.clone()));
     let service = hyper::service::service_fn({
         let activity = activity.clone();
         move |mut req: http::Request<Incoming>| {
@@ -423,11 +451,12 @@ where
             req.extensions_mut().insert(ConnectInfo(info.peer));
             req.extensions_mut().insert(info);
             let busy = activity.begin();
-            let router = router.clone();
+            let shared = shared.clone();
             async move {
-                let resp = router.oneshot(req.map(Body::new)).await;
+                let (state, limits) = &*shared;
+                let resp = serve_request(state.clone(), limits, req.map(Body::new)).await;
                 drop(busy);
-                resp
+                Ok::<_, std::convert::Infallible>(resp)
             }
         }
     });
@@ -622,35 +651,50 @@ mod tests {
         }
     }
 
-    async fn status(router: Router, path: &str) -> StatusCode {
-        let req = http::Request::get(path).body(Body::empty()).unwrap();
-        router.oneshot(req).await.unwrap().status()
-    }
-
     #[tokio::test]
     async fn a_panicking_handler_is_a_500_and_a_slow_one_a_504() {
-        let inner = Router::new()
-            .route(
-                "/panic",
-                axum::routing::get(|| async {
-                    if true {
-                        panic!("handler bug");
-                    }
-                    "unreachable"
-                }),
-            )
-            .route(
-                "/slow",
-                axum::routing::get(|| async {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    "late"
-                }),
-            );
-        let router = layered(inner, limits(Duration::from_millis(50)));
+        let timeout = Duration::from_millis(50);
+        let panicked = contain(timeout, async {
+            if true {
+                panic!("handler bug");
+            }
+            StatusCode::OK.into_response()
+        })
+        .await;
+        assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let slow = contain(timeout, async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            StatusCode::OK.into_response()
+        })
+        .await;
+        assert_eq!(slow.status(), StatusCode::GATEWAY_TIMEOUT);
+        let fine = contain(timeout, async { StatusCode::OK.into_response() }).await;
+        assert_eq!(fine.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn oversized_headers_are_431_and_a_declared_oversized_body_413() {
+        let limits = Limits {
+            max_header_bytes: 64,
+            max_request_body: 10,
+            ..limits(Duration::from_secs(1))
+        };
+        let big = http::Request::get("/x")
+            .header("x-pad", "p".repeat(100))
+            .body(Body::empty())
+            .unwrap();
+        let refused = enforce_limits(&limits, big).unwrap_err();
         assert_eq!(
-            status(router.clone(), "/panic").await,
-            StatusCode::INTERNAL_SERVER_ERROR
+            refused.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
-        assert_eq!(status(router, "/slow").await, StatusCode::GATEWAY_TIMEOUT);
+        let body = http::Request::post("/x")
+            .header("content-length", "11")
+            .body(Body::empty())
+            .unwrap();
+        let refused = enforce_limits(&limits, body).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let ok = http::Request::get("/x").body(Body::empty()).unwrap();
+        assert!(enforce_limits(&limits, ok).is_ok());
     }
 }

@@ -232,6 +232,7 @@ async fn lookup_or_fetch(
 ) -> (Response, CacheStatus) {
     let now = SystemTime::now();
     let client_cc = RequestDirectives::parse(&inbound.parts.headers);
+    crate::telemetry::record_key(key);
     // Variants are selected by what the origin sees, not by what the client sent.
     let found = state.cache.lookup(key, &inbound.upstream.headers).await;
 
@@ -278,7 +279,11 @@ async fn lookup_or_fetch(
                 let upstream = inbound.rt.origins.upstream(route.upstream);
                 let wait =
                     upstream.protection.queue_timeout + upstream.timeout + Duration::from_secs(1);
-                match waiter.wait(wait).await {
+                match waiter
+                    .wait(wait)
+                    .instrument(crate::telemetry::lock_wait_span())
+                    .await
+                {
                     Ok(shared) => return follow(route, key, inbound, found, fwd, shared).await,
                     Err(WaitError::Abandoned) => continue,
                     Err(WaitError::TimedOut) => break,
@@ -313,6 +318,7 @@ async fn lead(
             state
                 .cache
                 .wait_for_entry(key, headers, newer_than, wait)
+                .instrument(crate::telemetry::lease_wait_span())
                 .await
         }
         // A flight that finished between our lookup and our lock (in this process or,

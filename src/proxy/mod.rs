@@ -501,7 +501,14 @@ async fn forward(
         body,
     );
     crate::telemetry::record_origin_request(&upstream.name, &route.template, "pass");
-    match inbound.rt.origins.send(route.upstream, req).await {
+    let span = crate::telemetry::origin_span(&upstream.name, "pass");
+    match inbound
+        .rt
+        .origins
+        .send(route.upstream, req)
+        .instrument(span)
+        .await
+    {
         Ok(resp) => {
             permit.report_status(resp.status());
             status.fwd_status = Some(resp.status().as_u16());

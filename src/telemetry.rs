@@ -38,13 +38,6 @@ pub fn init(runtime: &tokio::runtime::Handle) -> anyhow::Result<Telemetry> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let (otel, provider) = match otlp_tracer(&OsEnv, runtime)? {
-        Some((layer, provider)) => {
-            EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
-            (Some(layer), Some(provider))
-        }
-        None => (None, None),
-    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("CACHEGATE_LOG_FORMAT").is_ok_and(|f| f == "json");
     // Colour codes only for a person at a terminal; in files and collectors they are noise.
@@ -62,6 +55,13 @@ pub fn init(runtime: &tokio::runtime::Handle) -> anyhow::Result<Telemetry> {
             .with_writer(writer.clone())
     });
     let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(writer));
+    let (otel, provider) = match otlp_tracer(&OsEnv, runtime)? {
+        Some((layer, provider)) => {
+            EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
+    };
     let _ = tracing_subscriber::registry()
         .with(otel)
         .with(plain)
@@ -223,8 +223,6 @@ fn otlp_tracer(
     Ok(Some((layer, provider)))
 }
 
-// === spans ===
-
 /// The span of one proxied request, continuing the client's trace (`traceparent`).
 pub fn request_span(
     method: &http::Method,
@@ -285,6 +283,10 @@ pub fn origin_span(upstream: &str, kind: &'static str) -> tracing::Span {
 /// otherwise, since the log layers would format them on every request for nobody.
 static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Fills the request span's outcome fields once the response is known.
 pub fn record_outcome(span: &tracing::Span, cache: &'static str, status: StatusCode) {
     if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
@@ -292,10 +294,6 @@ pub fn record_outcome(span: &tracing::Span, cache: &'static str, status: StatusC
     }
     span.record("cache", cache);
     span.record("http.response.status_code", status.as_u16());
-}
-
-fn exporting() -> bool {
-    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The span attribute naming a request's cache key: a hash, since keys carry paths and

@@ -9,7 +9,8 @@ What it does, all on 127.0.0.1 and free ports:
    so the route's TTLs decide) and the release binary in front of it (memory store, 1 MiB,
    an upstream breaker), with the admin listener for /metrics and /purge;
 2. starts Prometheus (Debian's `prometheus` package) scraping /metrics every second;
-3. drives about 80 s of scripted traffic: hot and cold keys, a bypass route, bursts on cold
+3. after one purge of each kind on the empty cache (a counter's series must exist before
+   its first increase for rate() to see it), drives about 80 s of scripted traffic: hot and cold keys, a bypass route, bursts on cold
    slow keys (collapsed waiters), a churn of unique keys (evictions), a hard purge of a
    route, a soft purge of a prefix (stale serves and refreshes), and a 15 s origin outage
    (stale_if_error, origin errors, the breaker) followed by recovery;
@@ -266,6 +267,11 @@ def purge(stack, body):
 
 
 def drive(stack):
+    # One purge of each kind the run makes, before it (nothing is stored yet): a counter's
+    # series must exist before its first increase for rate() to see that increase.
+    purge(stack, {"routes": ["/products/{id}"]})
+    purge(stack, {"prefixes": ["/users/"], "soft": True})
+    time.sleep(2)
     start = time.time()
     stop_at = start + DURATION
     workers, results = 6, []
@@ -388,21 +394,23 @@ def draw(panels, marks, start, out):
     from matplotlib.gridspec import GridSpec
 
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p, _ in panels)
-    fig = plt.figure(figsize=(22, rows * 0.36), dpi=80, facecolor=BG)
-    gs = GridSpec(rows, 24, figure=fig, left=0.03, right=0.995, top=0.985, bottom=0.01,
-                  wspace=1.4, hspace=0.0)
+    # Each gridPos unit is SUB grid rows: room above a panel for its title and below it
+    # for its time axis.
+    SUB = 4
+    fig = plt.figure(figsize=(22, rows * 0.4), dpi=80, facecolor=BG)
+    gs = GridSpec(rows * SUB, 24, figure=fig, left=0.035, right=0.995, top=0.985,
+                  bottom=0.01, wspace=1.4, hspace=0.0)
     t_down = marks.get("origin down", start) - start
     t_up = marks.get("origin up", start) - start
     for p, series in panels:
         g = p["gridPos"]
         if p["type"] == "row":
-            ax = fig.add_subplot(gs[g["y"]:g["y"] + g["h"], :])
+            ax = fig.add_subplot(gs[g["y"] * SUB:(g["y"] + g["h"]) * SUB, :])
             ax.set_axis_off()
             ax.text(0.0, 0.2, p["title"], color=TEXT, fontsize=15, fontweight="bold",
                     transform=ax.transAxes)
             continue
-        # One grid row of margin above each panel for its title.
-        ax = fig.add_subplot(gs[g["y"] + 1:g["y"] + g["h"], g["x"]:g["x"] + g["w"]])
+        ax = fig.add_subplot(gs[g["y"] * SUB + 3:(g["y"] + g["h"]) * SUB - 2, g["x"]:g["x"] + g["w"]])
         ax.set_facecolor(PANEL)
         for side in ax.spines.values():
             side.set_color(GRIDC)
@@ -473,7 +481,7 @@ def main():
     stack = Stack(args, tmp)
     try:
         stack.start()
-        time.sleep(2)  # a few scrapes before traffic: rates start from zero
+        time.sleep(1)  # a scrape before traffic: rates start from zero
         print(f"driving {DURATION:.0f} s of traffic (logs in {tmp})")
         start, end, marks = drive(stack)
         time.sleep(3)  # the last scrapes

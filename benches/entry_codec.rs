@@ -8,21 +8,13 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cachegate::cache::entry::{decode, encode};
-use cachegate::cache::policy::{self, Lifetimes};
+use cachegate::cache::policy::Lifetimes;
 use cachegate::cache::CacheEntry;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use http::{HeaderName, Request, Response};
-use http_cache_semantics::CachePolicy;
+use http::{HeaderName, Response};
 
 fn entry(body_size: usize) -> CacheEntry {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let req = Request::get("http://origin/users/42?fields=name")
-        .header("accept", "application/json")
-        .header("accept-encoding", "gzip")
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
     let res = Response::builder()
         .status(200)
         .header("date", httpdate::fmt_http_date(now))
@@ -39,12 +31,11 @@ fn entry(body_size: usize) -> CacheEntry {
         .unwrap()
         .into_parts()
         .0;
-    let policy = CachePolicy::new_options(&req, &res, now, policy::cache_options());
     CacheEntry::new(
         res.status,
         res.headers,
         Bytes::from(vec![b'x'; body_size]),
-        policy,
+        Duration::ZERO,
         now,
         Lifetimes {
             fresh: Duration::from_secs(60),

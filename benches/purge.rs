@@ -9,24 +9,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use cachegate::cache::policy::{self, Lifetimes};
+use cachegate::cache::policy::Lifetimes;
 use cachegate::cache::purge::{Mode, Selector};
 use cachegate::cache::store::{MemoryStore, RedisStore, Store};
 use cachegate::cache::CacheEntry;
 use cachegate::config::{RedisConfig, RedisTarget};
-use http::{Request, Response};
-use http_cache_semantics::CachePolicy;
+use http::Response;
 
 const OTHERS: usize = 10_000;
 const ROUNDS: usize = 5;
 
 fn entry(tags: Vec<String>) -> Arc<CacheEntry> {
     let now = SystemTime::now();
-    let req = Request::get("http://origin/x")
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
     let res = Response::builder()
         .status(200)
         .header("cache-control", "max-age=600")
@@ -34,7 +28,6 @@ fn entry(tags: Vec<String>) -> Arc<CacheEntry> {
         .unwrap()
         .into_parts()
         .0;
-    let policy = CachePolicy::new_options(&req, &res, now, policy::cache_options());
     let lifetimes = Lifetimes {
         fresh: Duration::from_secs(600),
         stale: Duration::from_secs(600),
@@ -45,7 +38,7 @@ fn entry(tags: Vec<String>) -> Arc<CacheEntry> {
             res.status,
             res.headers,
             Bytes::from(vec![b'x'; 1024]),
-            policy,
+            Duration::ZERO,
             now,
             lifetimes,
             vec![],

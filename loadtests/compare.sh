@@ -11,7 +11,9 @@
 # Env (defaults in brackets):
 #   SCENARIOS [hit miss stampede cold]   which scenarios to run
 #   TARGETS   [origin static nginx varnish cachegate cachegate-redis cachegate-redis-l2]
-#             which columns (cachegate-early, not in the default: memory store with
+#             which columns (cachegate-b, not in the default: a second cachegate binary,
+#             CACHEGATE_B_BIN, memory store, for before/after in one run; cachegate-early,
+#             not in the default: memory store with
 #             early_refresh: { beta: 1.0 } on the route); cachegate-redis has the default L1 in front of Redis,
 #             cachegate-redis-l2 sets store.l1.max_size: 0 (every hit reads Redis)
 #   DURATION [10s] CONNECTIONS [64] THREADS [2]   each wrk run (hit, miss)
@@ -19,8 +21,8 @@
 #   ROUNDS [1]   wrk runs per target, interleaved over targets; the median is reported
 #   STAMPEDE_VUS [200] STAMPEDE_DURATION [12s] HOT_PATH [/hot?cc=max-age%3D1&delay=200ms]
 #   COLD_VUS [200] COLD_DELAY [200ms]
-#   BASE_PORT [14000]   ports BASE_PORT..+7 (origin, static, nginx, varnish, cachegate,
-#                       cachegate-redis, redis-server, cachegate-redis-l2)
+#   BASE_PORT [14000]   ports BASE_PORT..+9 (origin, static, nginx, varnish, cachegate,
+#                       cachegate-redis, redis-server, cachegate-redis-l2, -early, -b)
 #   NGINX_WORKERS [$(nproc)]  SKIP_BUILD=1 (reuse target/release/cachegate)  SKIP_INSTALL=1
 #   RESULTS [unset]   also copy the raw results (TSV, wrk and k6 output) to this directory
 #   CACHEGATE_BIN [target/release/cachegate, built unless SKIP_BUILD=1]
@@ -55,6 +57,7 @@ CGR_PORT=$((BASE_PORT + 5))
 REDIS_PORT=$((BASE_PORT + 6))
 CGR2_PORT=$((BASE_PORT + 7))
 CGE_PORT=$((BASE_PORT + 8))
+CGB_PORT=$((BASE_PORT + 9))
 [[ $REDIS_PORT != 6379 ]] || { echo "BASE_PORT puts redis-server on 6379; pick another" >&2; exit 2; }
 
 log() { echo "[compare $(date +%T)] $*" >&2; }
@@ -178,10 +181,10 @@ fi
 # start_cachegate NAME PORT STORE: 0 when it answers; 1 (and a note in PENDING) when it exits.
 declare -A PENDING
 start_cachegate() {
-  local name=$1 port=$2 store=$3 route_extra=${4:-}
+  local name=$1 port=$2 store=$3 route_extra=${4:-} bin=${5:-$BIN}
   render "$CONF/cachegate.yaml.in" "$WORK/$name.yaml" PORT="$port" ORIGIN_PORT="$ORIGIN_PORT" \
     STORE="$store" ROUTE_EXTRA="$route_extra"
-  "$BIN" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+  "$bin" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   if wait_http "$name" "$!" "http://127.0.0.1:$port/__ready"; then
     URL[$name]="http://127.0.0.1:$port"
@@ -194,6 +197,10 @@ start_cachegate() {
 
 if want cachegate; then
   start_cachegate cachegate "$CG_PORT" "{ backend: memory }" || exit 1
+fi
+if want cachegate-b; then
+  [[ -x ${CACHEGATE_B_BIN:-} ]] || { echo "cachegate-b needs CACHEGATE_B_BIN" >&2; exit 2; }
+  start_cachegate cachegate-b "$CGB_PORT" "{ backend: memory }" "" "$CACHEGATE_B_BIN" || exit 1
 fi
 if want cachegate-early; then
   start_cachegate cachegate-early "$CGE_PORT" "{ backend: memory }" "early_refresh: { beta: 1.0 }" || exit 1

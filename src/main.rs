@@ -10,6 +10,13 @@ use cachegate::config::{Config, Overrides};
 use cachegate::devorigin::{self, OriginOptions};
 use cachegate::{pipeline, server, telemetry};
 
+/// mimalloc instead of glibc's malloc: a proxy allocates on one worker thread and frees on
+/// another all the time, and glibc's per-thread arenas answered that with heap growth and
+/// trimming (an `mprotect` every other miss, TLB shootdowns across the workers) and
+/// ~12% of the CPU in malloc/free (BENCHMARKS.md section 14).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cachegate",

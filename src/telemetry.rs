@@ -49,6 +49,10 @@ pub fn init(runtime: &tokio::runtime::Handle) -> anyhow::Result<Telemetry> {
         .lossy(true)
         .thread_name("cachegate-log")
         .finish(std::io::stderr());
+    let sink = AccessSink {
+        writer: writer.clone(),
+        json,
+    };
     let plain = (!json).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
@@ -62,12 +66,15 @@ pub fn init(runtime: &tokio::runtime::Handle) -> anyhow::Result<Telemetry> {
         }
         None => (None, None),
     };
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(otel)
         .with(plain)
         .with(json)
         .with(filter)
         .try_init();
+    if installed.is_ok() {
+        let _ = ACCESS_SINK.set(sink);
+    }
     Ok(Telemetry {
         tracer: provider,
         _log_writer: Some(guard),
@@ -224,12 +231,17 @@ fn otlp_tracer(
 }
 
 /// The span of one proxied request, continuing the client's trace (`traceparent`).
+/// Nothing (`Span::none`) when spans are not exported: the log layers would otherwise
+/// format its fields on every request for nobody (log lines carry the route themselves).
 pub fn request_span(
     method: &http::Method,
     route: &str,
     headers: &http::HeaderMap,
 ) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !exporting() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{method} {route}"),
@@ -377,9 +389,13 @@ pub fn record_result(span: &tracing::Span, result: &'static str) {
     span.record("result", result);
 }
 
-/// Adds the current span's trace context to an origin request.
+/// Adds the current span's trace context to an origin request (when spans are exported;
+/// otherwise there is no context to add).
 pub fn inject_trace_context(headers: &mut http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !exporting() {
+        return;
+    }
     let cx = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers))
@@ -393,9 +409,90 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?
         .install_recorder()?;
+    RECORDER_INSTALLED.store(true, std::sync::atomic::Ordering::Release);
     metrics::gauge!("cachegate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
+
+// === metric handles ===
+
+/// Set once the Prometheus recorder is installed: handles taken before it would be the
+/// no-op recorder's, so nothing is kept until then.
+static RECORDER_INSTALLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Metric handles by label values, so that a series is looked up in the recorder's
+/// registry (its key built, every label hashed and compared: ~1.5k instructions) once
+/// instead of on every request. A series is named by up to two strings compared by
+/// content (a route template survives a reload as a new `Arc`; an upstream name) and up
+/// to three `&'static str` label values compared by address (call sites pass literals, so
+/// the same value at two sites is two slots for one series). Both sets are bounded, as
+/// the metrics' labels must be.
+struct Handles<H> {
+    slots:
+        std::sync::RwLock<std::collections::HashMap<u64, Vec<Slot<H>>, rustc_hash::FxBuildHasher>>,
+}
+
+struct Slot<H> {
+    names: [Box<str>; 2],
+    statics: [usize; 3],
+    handle: H,
+}
+
+impl<H: Clone> Handles<H> {
+    const fn new() -> Self {
+        Handles {
+            slots: std::sync::RwLock::new(std::collections::HashMap::with_hasher(
+                rustc_hash::FxBuildHasher,
+            )),
+        }
+    }
+
+    fn get(&self, names: [&str; 2], statics: [&'static str; 3], make: impl FnOnce() -> H) -> H {
+        if !RECORDER_INSTALLED.load(std::sync::atomic::Ordering::Acquire) {
+            return make();
+        }
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        let statics = statics.map(|s| s.as_ptr() as usize);
+        let mut hasher = rustc_hash::FxBuildHasher.build_hasher();
+        names.hash(&mut hasher);
+        statics.hash(&mut hasher);
+        let hash = hasher.finish();
+        let found = |slots: &[Slot<H>]| {
+            slots
+                .iter()
+                .find(|s| {
+                    s.statics == statics && *s.names[0] == *names[0] && *s.names[1] == *names[1]
+                })
+                .map(|s| s.handle.clone())
+        };
+        if let Ok(map) = self.slots.read() {
+            if let Some(h) = map.get(&hash).and_then(|v| found(v)) {
+                return h;
+            }
+        }
+        let handle = make();
+        if let Ok(mut map) = self.slots.write() {
+            let slots = map.entry(hash).or_default();
+            if found(slots).is_none() {
+                slots.push(Slot {
+                    names: names.map(Box::from),
+                    statics,
+                    handle: handle.clone(),
+                });
+            }
+        }
+        handle
+    }
+}
+
+static REQUESTS: Handles<metrics::Counter> = Handles::new();
+static REQUEST_DURATION: Handles<metrics::Histogram> = Handles::new();
+static ORIGIN_REQUESTS: Handles<metrics::Counter> = Handles::new();
+static ORIGIN_DURATION: Handles<metrics::Histogram> = Handles::new();
+static STORE_OPS: Handles<metrics::Counter> = Handles::new();
+static STORE_DURATION: Handles<metrics::Histogram> = Handles::new();
+static COALESCED: Handles<metrics::Counter> = Handles::new();
 
 /// The route label: a shared copy of the template (no allocation per request).
 fn label(route: &Arc<str>) -> metrics::SharedString {
@@ -416,9 +513,15 @@ pub fn record_request(
         400..=499 => "4xx",
         _ => "5xx",
     };
-    metrics::counter!("cachegate_requests_total", "route" => label(route), "cache" => outcome, "status" => class)
+    REQUESTS
+        .get([route, ""], [outcome, class, ""], || {
+            metrics::counter!("cachegate_requests_total", "route" => label(route), "cache" => outcome, "status" => class)
+        })
         .increment(1);
-    metrics::histogram!("cachegate_request_duration_seconds", "route" => label(route), "cache" => outcome)
+    REQUEST_DURATION
+        .get([route, ""], [outcome, "", ""], || {
+            metrics::histogram!("cachegate_request_duration_seconds", "route" => label(route), "cache" => outcome)
+        })
         .record(elapsed.as_secs_f64());
     tracing::debug!(
         route = &**route,
@@ -431,7 +534,10 @@ pub fn record_request(
 
 /// A request sent to an origin (`kind`: fetch, refresh, pass).
 pub fn record_origin_request(upstream: &str, route: &Arc<str>, kind: &'static str) {
-    metrics::counter!("cachegate_origin_requests_total", "upstream" => upstream.to_string(), "route" => label(route), "kind" => kind)
+    ORIGIN_REQUESTS
+        .get([route, upstream], [kind, "", ""], || {
+            metrics::counter!("cachegate_origin_requests_total", "upstream" => upstream.to_string(), "route" => label(route), "kind" => kind)
+        })
         .increment(1);
 }
 
@@ -470,7 +576,10 @@ pub fn record_origin_rejected(upstream: &str, reason: &'static str) {
 /// and `cachegate_origin_errors_total{upstream,reason}` when it failed (`reason`:
 /// timeout, connect, protocol, 5xx).
 pub fn record_origin_exchange(upstream: &str, elapsed: Duration, error: Option<&'static str>) {
-    metrics::histogram!("cachegate_origin_duration_seconds", "upstream" => upstream.to_string())
+    ORIGIN_DURATION
+        .get([upstream, ""], ["", "", ""], || {
+            metrics::histogram!("cachegate_origin_duration_seconds", "upstream" => upstream.to_string())
+        })
         .record(elapsed.as_secs_f64());
     if let Some(reason) = error {
         metrics::counter!("cachegate_origin_errors_total", "upstream" => upstream.to_string(), "reason" => reason)
@@ -480,7 +589,13 @@ pub fn record_origin_exchange(upstream: &str, elapsed: Duration, error: Option<&
 
 /// A request that waited for another's fetch of its key.
 pub fn record_coalesced(route: &Arc<str>) {
-    metrics::counter!("cachegate_coalesced_waiters_total", "route" => label(route)).increment(1);
+    COALESCED
+        .get(
+            [route, ""],
+            ["", "", ""],
+            || metrics::counter!("cachegate_coalesced_waiters_total", "route" => label(route)),
+        )
+        .increment(1);
 }
 
 /// The fleet lease: granted, held_elsewhere, error.
@@ -490,13 +605,21 @@ pub fn record_lease(result: &'static str) {
 
 /// One store operation (`tier`: memory, l1, l2; `result`: hit, miss, ok, error).
 pub fn record_store_op(tier: &'static str, op: &'static str, result: &'static str) {
-    metrics::counter!("cachegate_store_operations_total", "tier" => tier, "op" => op, "result" => result)
+    STORE_OPS
+        .get(["", ""], [tier, op, result], || {
+            metrics::counter!("cachegate_store_operations_total", "tier" => tier, "op" => op, "result" => result)
+        })
         .increment(1);
 }
 
 /// How long a networked store operation took (`tier` l2).
 pub fn record_store_duration(tier: &'static str, op: &'static str, elapsed: Duration) {
-    metrics::histogram!("cachegate_store_duration_seconds", "tier" => tier, "op" => op)
+    STORE_DURATION
+        .get(
+            ["", ""],
+            [tier, op, ""],
+            || metrics::histogram!("cachegate_store_duration_seconds", "tier" => tier, "op" => op),
+        )
         .record(elapsed.as_secs_f64());
 }
 
@@ -576,12 +699,32 @@ pub fn access_log(
     elapsed: Duration,
 ) {
     let Some(a) = access else { return };
-    let trace_id = current_trace_id().or_else(|| {
+    if !tracing::enabled!(target: "cachegate::access", tracing::Level::INFO) {
+        return;
+    }
+    let exported = exporting().then(current_trace_id).flatten();
+    let trace_id = exported.as_deref().or_else(|| {
         a.client_trace
             .as_ref()
             .and_then(|v| traceparent_trace_id(v.to_str().ok()?))
-            .map(str::to_owned)
     });
+    if let Some(sink) = ACCESS_SINK.get() {
+        let line = AccessLine {
+            message: "access",
+            method: a.method.as_str(),
+            route,
+            path: a.uri.path(),
+            status: resp.status().as_u16(),
+            cache: status.outcome(),
+            bytes: response_bytes(resp),
+            duration_ms: elapsed.as_micros() as f64 / 1000.0,
+            client: a.client,
+            trace_id,
+        };
+        sink.write(&line);
+        return;
+    }
+    // No process log writer (an embedded router): through `tracing` like any event.
     tracing::info!(
         target: "cachegate::access",
         method = %a.method,
@@ -595,6 +738,209 @@ pub fn access_log(
         trace_id,
         "access"
     );
+}
+
+/// The process's log writer, for access lines: set by `init`.
+static ACCESS_SINK: std::sync::OnceLock<AccessSink> = std::sync::OnceLock::new();
+
+/// Access lines are written here, in the layout of the process's `tracing` format
+/// (`CACHEGATE_LOG_FORMAT`), straight to the same bounded queue: one line per request
+/// is the busiest log there is, and going through `tracing`'s field visitors cost ~19k
+/// instructions a line (BENCHMARKS.md section 14) for a fixed set of fields.
+struct AccessSink {
+    writer: tracing_appender::non_blocking::NonBlocking,
+    json: bool,
+}
+
+/// The fields of one access line.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    /// The JSON line's `message` (the plain line writes it as text).
+    message: &'static str,
+    method: &'a str,
+    route: &'a str,
+    path: &'a str,
+    status: u16,
+    cache: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    duration_ms: f64,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "display_opt"
+    )]
+    client: Option<std::net::SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+}
+
+fn display_opt<S: serde::Serializer>(
+    v: &Option<std::net::SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+impl AccessSink {
+    fn write(&self, line: &AccessLine<'_>) {
+        use std::io::Write as _;
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            if self.json {
+                json_line(buf, line);
+            } else {
+                plain_line(buf, line);
+            }
+            buf.push(b'\n');
+            // Lossy: a full queue drops the line, as it does for every log line.
+            let _ = self.writer.clone().write_all(buf);
+        });
+    }
+}
+
+/// `tracing_subscriber::fmt`'s JSON layout: timestamp, level, fields (message first),
+/// target.
+fn json_line(buf: &mut Vec<u8>, line: &AccessLine<'_>) {
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        timestamp: &'a str,
+        level: &'static str,
+        fields: &'a AccessLine<'a>,
+        target: &'static str,
+    }
+    let mut ts = [0u8; 27];
+    let json = Json {
+        timestamp: timestamp(&mut ts),
+        level: "INFO",
+        fields: line,
+        target: "cachegate::access",
+    };
+    let _ = serde_json::to_writer(&mut *buf, &json);
+}
+
+/// `tracing_subscriber::fmt`'s plain layout: `timestamp  INFO target: message k=v ...`,
+/// strings quoted as `Debug` quotes them, no colour codes.
+fn plain_line(buf: &mut Vec<u8>, line: &AccessLine<'_>) {
+    use std::io::Write as _;
+    let mut ts = [0u8; 27];
+    buf.extend_from_slice(timestamp(&mut ts).as_bytes());
+    buf.extend_from_slice(b"  INFO cachegate::access: access method=");
+    buf.extend_from_slice(line.method.as_bytes());
+    buf.extend_from_slice(b" route=");
+    quoted(buf, line.route);
+    buf.extend_from_slice(b" path=");
+    quoted(buf, line.path);
+    buf.extend_from_slice(b" status=");
+    buf.extend_from_slice(itoa::Buffer::new().format(line.status).as_bytes());
+    buf.extend_from_slice(b" cache=");
+    quoted(buf, line.cache);
+    if let Some(bytes) = line.bytes {
+        buf.extend_from_slice(b" bytes=");
+        buf.extend_from_slice(itoa::Buffer::new().format(bytes).as_bytes());
+    }
+    let _ = write!(buf, " duration_ms={:?}", line.duration_ms);
+    if let Some(client) = line.client {
+        let _ = write!(buf, " client={client}");
+    }
+    if let Some(id) = line.trace_id {
+        buf.extend_from_slice(b" trace_id=");
+        quoted(buf, id);
+    }
+}
+
+/// `s` as `{:?}` writes it; without the formatter when nothing needs escaping.
+fn quoted(buf: &mut Vec<u8>, s: &str) {
+    use std::io::Write as _;
+    if s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        let _ = write!(buf, "{s:?}");
+    }
+}
+
+/// Now as RFC 3339 in UTC with microseconds (`2026-12-02T20:33:25.123456Z`), as the
+/// `tracing` layers print it.
+fn timestamp(out: &mut [u8; 27]) -> &str {
+    let t = time::OffsetDateTime::from(std::time::SystemTime::now());
+    let mut at = 0;
+    let mut put = |n: u32, width: usize, sep: u8| {
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (n / 10u32.pow((width - 1 - i) as u32) % 10) as u8;
+        }
+        out[at + width] = sep;
+        at += width + 1;
+    };
+    put(t.year().clamp(0, 9999) as u32, 4, b'-');
+    put(t.month() as u32, 2, b'-');
+    put(t.day().into(), 2, b'T');
+    put(t.hour().into(), 2, b':');
+    put(t.minute().into(), 2, b':');
+    put(t.second().into(), 2, b'.');
+    put(t.microsecond(), 6, b'Z');
+    std::str::from_utf8(&out[..]).unwrap_or("")
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    fn line<'a>(path: &'a str, trace_id: Option<&'a str>) -> AccessLine<'a> {
+        AccessLine {
+            message: "access",
+            method: "GET",
+            route: "/users/{id}",
+            path,
+            status: 200,
+            cache: "hit",
+            bytes: Some(70),
+            duration_ms: 0.084,
+            client: Some("127.0.0.1:4242".parse().unwrap()),
+            trace_id,
+        }
+    }
+
+    #[test]
+    fn plain_lines_read_as_the_tracing_layer_writes_them() {
+        let mut buf = Vec::new();
+        plain_line(
+            &mut buf,
+            &line("/users/\"q\"", Some("4bf92f3577b34da6a3ce929d0e0e4736")),
+        );
+        let text = String::from_utf8(buf).unwrap();
+        let (ts, rest) = text.split_once("  ").unwrap();
+        assert_eq!(ts.len(), 27, "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+        assert_eq!(
+            rest,
+            r#"INFO cachegate::access: access method=GET route="/users/{id}" path="/users/\"q\"" status=200 cache="hit" bytes=70 duration_ms=0.084 client=127.0.0.1:4242 trace_id="4bf92f3577b34da6a3ce929d0e0e4736""#
+        );
+    }
+
+    #[test]
+    fn json_lines_carry_the_fields_under_fields() {
+        let mut buf = Vec::new();
+        json_line(&mut buf, &line("/users/1", None));
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "cachegate::access");
+        assert_eq!(v["fields"]["message"], "access");
+        assert_eq!(v["fields"]["status"], 200);
+        assert_eq!(v["fields"]["client"], "127.0.0.1:4242");
+        assert!(v["fields"].get("trace_id").is_none());
+        let ts = v["timestamp"].as_str().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        assert!(ts.starts_with(&format!("{:04}-", now.year())), "{ts}");
+    }
 }
 
 /// The body length when it is known up front (stored entries, sized origin bodies);

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_cache_semantics::CachePolicy;
 
 /// How long past its soft TTL an entry with validators is kept for revalidation.
 pub const REVALIDATION_TAIL: Duration = Duration::from_secs(600);
@@ -36,8 +35,10 @@ pub struct CacheEntry {
     /// Response headers as they go downstream (hop-by-hop fields already removed).
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// RFC 9111 state of the exchange: age, validators, 304 merging.
-    pub policy: CachePolicy,
+    /// The `Age` the response arrived with (RFC 9111 §4.2.3); residence here is added
+    /// from `stored_at`. All the entry keeps of the exchange's `CachePolicy`: every other
+    /// decision is made once, when it is fetched or renewed.
+    pub initial_age: Duration,
     pub stored_at: SystemTime,
     /// Soft TTL: fresh until then.
     pub fresh_until: SystemTime,
@@ -73,21 +74,17 @@ impl CacheEntry {
         status: StatusCode,
         headers: HeaderMap,
         body: Bytes,
-        policy: CachePolicy,
+        initial_age: Duration,
         now: SystemTime,
         lifetimes: Lifetimes,
         vary: Vec<(HeaderName, Option<String>)>,
     ) -> Self {
-        // What hyper hands us shares larger buffers: header values (and the request's URI
-        // and headers inside the policy) are slices of the connection's read buffer, and a
-        // body read in pieces has spare capacity. Kept as they are, each entry would pin
-        // those buffers (BENCHMARKS.md, "Memory"); so the entry keeps exact-size copies.
+        // What hyper hands us shares larger buffers: header values are slices of the
+        // connection's read buffer, and a body read in pieces has spare capacity. Kept as
+        // they are, each entry would pin those buffers (BENCHMARKS.md, "Memory"); so the
+        // entry keeps exact-size copies.
         let headers = compact_headers(&headers);
         let body = Bytes::copy_from_slice(&body);
-        let policy = postcard::to_allocvec(&policy)
-            .ok()
-            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
-            .unwrap_or(policy);
         let vary = vary
             .into_iter()
             .map(|(name, value)| (name, value.map(|v| v.into_boxed_str().into_string())))
@@ -97,7 +94,7 @@ impl CacheEntry {
             status,
             headers,
             body,
-            policy,
+            initial_age,
             stored_at: now,
             fresh_until,
             stale_until: fresh_until + lifetimes.stale,
@@ -160,9 +157,10 @@ impl CacheEntry {
         }
     }
 
-    /// The `Age` to send: upstream age plus residence here (RFC 9111 §4.2.3).
+    /// The `Age` to send: upstream age plus residence here (RFC 9111 §4.2.3), as
+    /// http-cache-semantics counts it (the `Age` field, not `Date`).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.policy.age(now)
+        self.initial_age + now.duration_since(self.stored_at).unwrap_or_default()
     }
 
     /// When the store may drop the entry: nothing can use it after this. An entry with
@@ -382,7 +380,7 @@ mod tests {
 
 /// The stored-bytes format version. It is also part of the Redis key namespace
 /// (`{prefix}v1:`), so a build with a new format never reads an old one's bytes.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Everything but the body, in postcard. The body follows raw: it is most of the bytes
 /// and needs no framing beyond "the rest".
@@ -390,7 +388,7 @@ pub const FORMAT_VERSION: u8 = 2;
 struct WireHead<'a> {
     status: u16,
     headers: Vec<(&'a str, &'a [u8])>,
-    policy: &'a CachePolicy,
+    initial_age_micros: u64,
     /// Times as (seconds, nanoseconds) since the epoch: full precision, so "stored after"
     /// comparisons between replicas see the same order as in memory.
     stored_at: (u64, u32),
@@ -408,7 +406,7 @@ struct WireHead<'a> {
 struct WireHeadOwned {
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
-    policy: CachePolicy,
+    initial_age_micros: u64,
     stored_at: (u64, u32),
     fresh_until: (u64, u32),
     stale_until: (u64, u32),
@@ -417,6 +415,10 @@ struct WireHeadOwned {
     tags: Vec<String>,
     fetch_micros: u64,
     body_len: u64,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn to_wire_time(t: SystemTime) -> (u64, u32) {
@@ -442,7 +444,7 @@ pub fn encode(entry: &CacheEntry) -> Vec<u8> {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_bytes()))
             .collect(),
-        policy: &entry.policy,
+        initial_age_micros: micros(entry.initial_age),
         stored_at: to_wire_time(entry.stored_at),
         fresh_until: to_wire_time(entry.fresh_until),
         stale_until: to_wire_time(entry.stale_until),
@@ -453,7 +455,7 @@ pub fn encode(entry: &CacheEntry) -> Vec<u8> {
             .map(|(k, v)| (k.as_str(), v.as_deref()))
             .collect(),
         tags: &entry.tags,
-        fetch_micros: u64::try_from(entry.fetch_time.as_micros()).unwrap_or(u64::MAX),
+        fetch_micros: micros(entry.fetch_time),
         body_len: entry.body.len() as u64,
     };
     // Serializing plain data into a Vec cannot fail; an empty head would decode as None.
@@ -499,7 +501,7 @@ pub fn decode(bytes: &[u8]) -> Option<CacheEntry> {
             status: StatusCode::from_u16(head.status).ok()?,
             headers,
             body: Bytes::copy_from_slice(body),
-            policy: head.policy,
+            initial_age: Duration::from_micros(head.initial_age_micros),
             stored_at: from_wire_time(head.stored_at)?,
             fresh_until: from_wire_time(head.fresh_until)?,
             stale_until: from_wire_time(head.stale_until)?,
@@ -516,6 +518,7 @@ pub fn decode(bytes: &[u8]) -> Option<CacheEntry> {
 #[cfg(test)]
 mod encoding_tests {
     use super::*;
+    use http_cache_semantics::CachePolicy;
 
     fn sample() -> CacheEntry {
         let mut req = http::Request::new(());
@@ -536,7 +539,7 @@ mod encoding_tests {
             StatusCode::OK,
             resp.headers().clone(),
             Bytes::from_static(b"\x00body\xff"),
-            policy,
+            policy.age(now) + Duration::from_secs(7),
             now,
             Lifetimes {
                 fresh: Duration::from_secs(60),
@@ -568,7 +571,8 @@ mod encoding_tests {
         assert_eq!(d.tags, e.tags);
         assert_eq!(d.etag(), Some("\"v1\""));
         let now = SystemTime::now();
-        assert_eq!(d.policy.age(now), e.policy.age(now));
+        assert_eq!(d.initial_age, Duration::from_secs(7));
+        assert_eq!(d.age(now), e.age(now));
     }
 
     #[test]
@@ -638,18 +642,6 @@ fn map_heap(capacity: usize) -> usize {
     alloc((capacity * 4).div_ceil(3) * 4) + alloc(capacity * BUCKET)
 }
 
-/// The capacity of a `HeaderMap` deserialised from `n` names: `with_capacity(n)`, doubled
-/// when that leaves no spare slot, since a map grows on any append made while it is
-/// full (a later value of its last name).
-fn map_capacity(n: usize) -> usize {
-    if n == 0 {
-        return 0;
-    }
-    let n = n + 1;
-    let raw = (n + n / 3).next_power_of_two();
-    raw - raw / 4
-}
-
 /// Extra values live in a vector that doubles: room for at most twice as many, 4 at least.
 fn extra_heap(extra: usize) -> usize {
     if extra == 0 {
@@ -677,16 +669,8 @@ fn headers_heap(headers: &HeaderMap) -> usize {
 
 /// Heap bytes `entry` holds once it is behind an `Arc`: the counted parts as the
 /// allocator rounds them, an upper bound (names of well-known headers cost nothing and
-/// are counted anyway). The policy's parts are private to http-cache-semantics, so they
-/// are counted from its serialized form, which lists every map, name and value it keeps.
+/// are counted anyway).
 fn footprint(entry: &CacheEntry) -> usize {
-    let mut policy = Tally::default();
-    // Counting never fails; if it did, the policy would count as empty, so guard with the
-    // response headers it certainly holds a copy of.
-    let policy = match serde::Serialize::serialize(&entry.policy, &mut policy) {
-        Ok(()) => policy.heap(),
-        Err(_) => headers_heap(&entry.headers) * 2,
-    };
     let vary = alloc(entry.vary.capacity() * std::mem::size_of::<(HeaderName, Option<String>)>())
         + entry
             .vary
@@ -700,239 +684,10 @@ fn footprint(entry: &CacheEntry) -> usize {
     alloc(2 * std::mem::size_of::<usize>() + std::mem::size_of::<CacheEntry>())
         + owned(entry.body.len())
         + headers_heap(&entry.headers)
-        + policy
         + vary
         + tags
 }
 
-/// A serde serializer that only counts what a value keeps on the heap, as its
-/// deserialised copy would: each map as a `HeaderMap` of that many names (hash maps of
-/// the same length are smaller), each string or byte run (a sequence of `u8`, as serde
-/// writes `&[u8]`) as an owned allocation, each other sequence's elements past the first
-/// as a header's extra values.
-#[derive(Default)]
-struct Tally {
-    maps: usize,
-    strings: usize,
-    extra: usize,
-    /// The open sequences: length, and whether they turned out to hold bytes.
-    seqs: Vec<(usize, bool)>,
-}
-
-impl Tally {
-    fn heap(&self) -> usize {
-        self.maps + self.strings + extra_heap(self.extra)
-    }
-}
-
-#[derive(Debug)]
-struct TallyError;
-
-impl std::fmt::Display for TallyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cannot count this value")
-    }
-}
-
-impl std::error::Error for TallyError {}
-
-impl serde::ser::Error for TallyError {
-    fn custom<T: std::fmt::Display>(_: T) -> Self {
-        TallyError
-    }
-}
-
-macro_rules! tally_scalars {
-    ($($method:ident: $ty:ty),* $(,)?) => {
-        $(fn $method(self, _: $ty) -> Result<(), TallyError> { Ok(()) })*
-    };
-}
-
-impl serde::Serializer for &mut Tally {
-    type Ok = ();
-    type Error = TallyError;
-    type SerializeSeq = Self;
-    type SerializeTuple = Self;
-    type SerializeTupleStruct = Self;
-    type SerializeTupleVariant = Self;
-    type SerializeMap = Self;
-    type SerializeStruct = Self;
-    type SerializeStructVariant = Self;
-
-    tally_scalars!(
-        serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
-        serialize_i64: i64, serialize_u16: u16, serialize_u32: u32,
-        serialize_u64: u64, serialize_f32: f32, serialize_f64: f64, serialize_char: char,
-    );
-
-    /// Like postcard: the header maps then hold byte values, as in the stored form.
-    fn is_human_readable(&self) -> bool {
-        false
-    }
-
-    fn serialize_u8(self, _: u8) -> Result<(), TallyError> {
-        if let Some(seq) = self.seqs.last_mut() {
-            seq.1 = true;
-        }
-        Ok(())
-    }
-
-    fn serialize_str(self, v: &str) -> Result<(), TallyError> {
-        self.strings += owned(v.len());
-        Ok(())
-    }
-
-    fn serialize_bytes(self, v: &[u8]) -> Result<(), TallyError> {
-        self.strings += owned(v.len());
-        Ok(())
-    }
-
-    fn serialize_none(self) -> Result<(), TallyError> {
-        Ok(())
-    }
-
-    fn serialize_some<T: ?Sized + serde::Serialize>(self, v: &T) -> Result<(), TallyError> {
-        v.serialize(self)
-    }
-
-    fn serialize_unit(self) -> Result<(), TallyError> {
-        Ok(())
-    }
-
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), TallyError> {
-        Ok(())
-    }
-
-    fn serialize_unit_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-    ) -> Result<(), TallyError> {
-        Ok(())
-    }
-
-    fn serialize_newtype_struct<T: ?Sized + serde::Serialize>(
-        self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), TallyError> {
-        v.serialize(self)
-    }
-
-    fn serialize_newtype_variant<T: ?Sized + serde::Serialize>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), TallyError> {
-        v.serialize(self)
-    }
-
-    fn serialize_seq(self, len: Option<usize>) -> Result<Self, TallyError> {
-        self.seqs.push((len.ok_or(TallyError)?, false));
-        Ok(self)
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Self, TallyError> {
-        Ok(self)
-    }
-
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, TallyError> {
-        Ok(self)
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self, TallyError> {
-        Ok(self)
-    }
-
-    fn serialize_map(self, len: Option<usize>) -> Result<Self, TallyError> {
-        self.maps += map_heap(map_capacity(len.ok_or(TallyError)?));
-        Ok(self)
-    }
-
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, TallyError> {
-        Ok(self)
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self, TallyError> {
-        Ok(self)
-    }
-}
-
-macro_rules! tally_compound {
-    ($($trait:ident { $($method:ident($($arg:ty),*)),* })*) => {
-        $(impl serde::ser::$trait for &mut Tally {
-            type Ok = ();
-            type Error = TallyError;
-            $(fn $method<T: ?Sized + serde::Serialize>(&mut self, $(_: $arg,)* v: &T) -> Result<(), TallyError> {
-                v.serialize(&mut **self)
-            })*
-            fn end(self) -> Result<(), TallyError> {
-                Ok(())
-            }
-        })*
-    };
-}
-
-impl serde::ser::SerializeSeq for &mut Tally {
-    type Ok = ();
-    type Error = TallyError;
-
-    fn serialize_element<T: ?Sized + serde::Serialize>(&mut self, v: &T) -> Result<(), TallyError> {
-        v.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), TallyError> {
-        match self.seqs.pop() {
-            Some((len, true)) => self.strings += owned(len),
-            Some((len, false)) => self.extra += len.saturating_sub(1),
-            None => {}
-        }
-        Ok(())
-    }
-}
-
-tally_compound! {
-    SerializeTuple { serialize_element() }
-    SerializeTupleStruct { serialize_field() }
-    SerializeTupleVariant { serialize_field() }
-    SerializeStruct { serialize_field(&'static str) }
-    SerializeStructVariant { serialize_field(&'static str) }
-}
-
-impl serde::ser::SerializeMap for &mut Tally {
-    type Ok = ();
-    type Error = TallyError;
-
-    fn serialize_key<T: ?Sized + serde::Serialize>(&mut self, k: &T) -> Result<(), TallyError> {
-        k.serialize(&mut **self)
-    }
-
-    fn serialize_value<T: ?Sized + serde::Serialize>(&mut self, v: &T) -> Result<(), TallyError> {
-        v.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), TallyError> {
-        Ok(())
-    }
-}
-
-/// Counts, per thread, the bytes live in the allocator (each allocation rounded as `alloc`
-/// rounds it), so a test can compare what an entry really holds with its weight.
 #[cfg(test)]
 pub(crate) mod counting {
     use std::alloc::{GlobalAlloc, Layout, System};
@@ -1124,7 +879,6 @@ mod footprint_tests {
             );
         }
         let (req, _) = req.into_parts();
-        let policy = CachePolicy::new(&req, &resp);
 
         // Read in 16 KiB frames into a growing buffer, as `origin::read_body` does.
         let mut body = BytesMut::new();
@@ -1141,7 +895,7 @@ mod footprint_tests {
             StatusCode::OK,
             resp.headers().clone(),
             body.freeze(),
-            policy,
+            Duration::ZERO,
             SystemTime::now(),
             Lifetimes {
                 fresh: Duration::from_secs(60),
@@ -1158,11 +912,7 @@ mod footprint_tests {
         let before = live();
         let entry = std::sync::Arc::new(build(shape));
         for _ in 0..2 {
-            let served = (
-                entry.headers.clone(),
-                entry.body.clone(),
-                entry.policy.clone(),
-            );
+            let served = (entry.headers.clone(), entry.body.clone());
             drop(served);
         }
         let held = usize::try_from(live() - before).unwrap();

@@ -87,7 +87,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         for field in route.policy.targets.own_fields() {
             resp.headers_mut().remove(field);
         }
-        resp.headers_mut().remove("surrogate-control");
+        resp.headers_mut().remove(&SURROGATE_CONTROL);
         // Tags are for purges, not for clients (they may name internal ids).
         if !route.expose_tags {
             for name in &rt.config.tag_headers {
@@ -111,6 +111,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     .instrument(span)
     .await
 }
+
+/// Edge-Surrogate (`Surrogate-Control`, W3C): for caches, not for clients.
+static SURROGATE_CONTROL: header::HeaderName = header::HeaderName::from_static("surrogate-control");
 
 /// Where the request came from, as the connection tells it.
 fn peer_of(parts: &Parts) -> Peer {

@@ -234,7 +234,7 @@ pub fn outbound(
             out.insert(HeaderName::from_static("x-forwarded-host"), host);
         }
         None => {
-            out.remove("x-forwarded-host");
+            out.remove(&super::canonical::FORWARDED_VARIANT[0]);
         }
     }
     append_via(&mut out);
@@ -270,20 +270,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+/// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1), as constants:
+/// removing by `&str` parses each name again on every message.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// A response body read up to a limit.
 pub enum BodyRead {

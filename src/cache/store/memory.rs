@@ -221,23 +221,16 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::policy::{self, Lifetimes};
-    use http_cache_semantics::CachePolicy;
+    use crate::cache::policy::Lifetimes;
 
     fn entry(tags: &[&str]) -> Arc<CacheEntry> {
         let now = SystemTime::now();
-        let req = http::Request::get("http://o/x")
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
         let res = http::Response::builder()
             .status(200)
             .body(())
             .unwrap()
             .into_parts()
             .0;
-        let policy = CachePolicy::new_options(&req, &res, now, policy::cache_options());
         let lifetimes = Lifetimes {
             fresh: Duration::from_secs(60),
             stale: Duration::from_secs(60),
@@ -248,7 +241,7 @@ mod tests {
             res.status,
             res.headers,
             body,
-            policy,
+            Duration::ZERO,
             now,
             lifetimes,
             vec![],

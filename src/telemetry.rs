@@ -258,10 +258,13 @@ pub fn request_span(
 }
 
 /// The root span of a background refresh of `key`, linked to the current (request)
-/// span.
+/// span. Nothing (`Span::none`) when spans are not exported.
 pub fn refresh_span(route: &str, key: &str) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !exporting() {
+        return tracing::Span::none();
+    }
     let trigger = tracing::Span::current()
         .context()
         .span()
@@ -271,9 +274,7 @@ pub fn refresh_span(route: &str, key: &str) -> tracing::Span {
     if trigger.is_valid() {
         span.add_link(trigger);
     }
-    if exporting() {
-        span.set_attribute(KEY_HASH, key_hash(key));
-    }
+    span.set_attribute(KEY_HASH, key_hash(key));
     span
 }
 

@@ -87,7 +87,6 @@ fn main() -> ExitCode {
         Some(Command::Warm(args)) => return pipeline::block_on(pipeline::warm::run(args)),
         _ => {}
     }
-    let _telemetry = telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,6 +94,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cachegate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Dropped before the runtime: the last spans are flushed while it still runs.
+    let _telemetry = match telemetry::init(runtime.handle()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cachegate: traces: {e:#}");
             return ExitCode::FAILURE;
         }
     };

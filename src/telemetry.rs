@@ -1,6 +1,7 @@
-//! Logs (tracing), traces (OpenTelemetry over OTLP/HTTP when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set) and metrics (Prometheus). Metric labels are
-//! route templates and cache outcomes, never raw paths, so cardinality stays bounded.
+//! Logs (tracing), traces (OpenTelemetry over OTLP, gRPC or HTTP, when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set) and
+//! metrics (Prometheus). Metric labels are route templates and cache outcomes, never
+//! raw paths, so cardinality stays bounded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +28,13 @@ impl Drop for Telemetry {
 }
 
 /// Structured logs to stderr (`RUST_LOG` filters, `CACHEGATE_LOG_FORMAT=json` for JSON
-/// lines) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, a span per request exported
-/// over OTLP/HTTP with W3C trace context taken from clients and passed to origins.
-pub fn init() -> Telemetry {
+/// lines) and, when an OTLP endpoint is set, spans exported over OTLP (`grpc` or
+/// `http/protobuf`, from `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`) with the sampler of
+/// `OTEL_TRACES_SAMPLER`, and W3C trace context taken from clients and passed to
+/// origins. `runtime` runs the gRPC client's connection. An `OTEL_*` value cachegate
+/// cannot use is an error: better no start than traces silently missing or a collector
+/// sent every request instead of a sample.
+pub fn init(runtime: &tokio::runtime::Handle) -> anyhow::Result<Telemetry> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
@@ -54,16 +59,12 @@ pub fn init() -> Telemetry {
             .with_writer(writer.clone())
     });
     let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(writer));
-    let (otel, provider) = match otlp_tracer() {
-        Ok(Some((layer, provider))) => {
+    let (otel, provider) = match otlp_tracer(&OsEnv, runtime)? {
+        Some((layer, provider)) => {
             EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
             (Some(layer), Some(provider))
         }
-        Ok(None) => (None, None),
-        Err(e) => {
-            eprintln!("cachegate: OpenTelemetry disabled: {e:#}");
-            (None, None)
-        }
+        None => (None, None),
     };
     let installed = tracing_subscriber::registry()
         .with(otel)
@@ -74,37 +75,153 @@ pub fn init() -> Telemetry {
     if installed.is_ok() {
         let _ = ACCESS_SINK.set(sink);
     }
-    Telemetry {
+    Ok(Telemetry {
         tracer: provider,
         _log_writer: Some(guard),
-    }
+    })
 }
 
 /// Log lines queued for the writer thread before new ones are dropped.
 const LOG_QUEUE_LINES: usize = 64 * 1024;
+
+// === OTLP export ===
 
 type OtelLayer = tracing_opentelemetry::OpenTelemetryLayer<
     tracing_subscriber::Registry,
     opentelemetry_sdk::trace::Tracer,
 >;
 
-fn otlp_tracer() -> anyhow::Result<Option<(OtelLayer, opentelemetry_sdk::trace::SdkTracerProvider)>>
-{
+/// Where `OTEL_*` settings are read from: the process environment, or a table in tests.
+trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+struct OsEnv;
+
+impl Env for OsEnv {
+    /// Unset and empty are the same (the OpenTelemetry convention).
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// The traces' protocol: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf` (the specification's default).
+fn protocol(env: &dyn Env) -> anyhow::Result<Protocol> {
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(v) = env.get(var) {
+            return match v.trim() {
+                "grpc" => Ok(Protocol::Grpc),
+                "http/protobuf" => Ok(Protocol::HttpProtobuf),
+                _ => anyhow::bail!("{var}={v:?} is not a protocol cachegate sends (expected grpc or http/protobuf)"),
+            };
+        }
+    }
+    Ok(Protocol::HttpProtobuf)
+}
+
+const SAMPLERS: &str = "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio";
+
+/// The SDK's sampler named by `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`),
+/// with the ratio of `OTEL_TRACES_SAMPLER_ARG` (default 1.0) for the ratio samplers.
+/// Checked here rather than by the SDK, which logs a bad value where nobody sees it and
+/// falls back to sampling everything.
+fn sampler(env: &dyn Env) -> anyhow::Result<opentelemetry_sdk::trace::Sampler> {
+    use opentelemetry_sdk::trace::Sampler;
+    let name = env.get("OTEL_TRACES_SAMPLER");
+    let name = name
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or("parentbased_always_on");
+    let ratio = || -> anyhow::Result<f64> {
+        let Some(arg) = env.get("OTEL_TRACES_SAMPLER_ARG") else {
+            return Ok(1.0);
+        };
+        match arg.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            _ => anyhow::bail!("OTEL_TRACES_SAMPLER_ARG={arg:?} is not a sampling ratio for {name} (expected a number from 0 to 1, e.g. 0.01)"),
+        }
+    };
+    let parent = |root: Sampler| Sampler::ParentBased(Box::new(root));
+    Ok(match name {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+        "parentbased_always_on" => parent(Sampler::AlwaysOn),
+        "parentbased_always_off" => parent(Sampler::AlwaysOff),
+        "parentbased_traceidratio" => parent(Sampler::TraceIdRatioBased(ratio()?)),
+        other => anyhow::bail!("OTEL_TRACES_SAMPLER={other:?} is not a sampler cachegate knows (expected one of {SAMPLERS})"),
+    })
+}
+
+/// The resource: `service.name` `cachegate` unless `OTEL_SERVICE_NAME` or
+/// `OTEL_RESOURCE_ATTRIBUTES` names another, `service.version`, the SDK's own
+/// attributes, and whatever `OTEL_RESOURCE_ATTRIBUTES` adds.
+fn resource(env: &dyn Env) -> opentelemetry_sdk::Resource {
+    use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
+    let mut builder = opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name("cachegate")
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_detectors(&[
+            Box::new(TelemetryResourceDetector),
+            Box::new(EnvResourceDetector::new()),
+        ]);
+    if let Some(name) = env.get("OTEL_SERVICE_NAME") {
+        builder = builder.with_service_name(name);
+    }
+    builder.build()
+}
+
+fn otlp_tracer(
+    env: &dyn Env,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<(OtelLayer, opentelemetry_sdk::trace::SdkTracerProvider)>> {
+    use anyhow::Context as _;
     use opentelemetry::trace::TracerProvider as _;
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-        && std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+    use opentelemetry_otlp::WithExportConfig as _;
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+        && env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
     {
         return Ok(None);
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name("cachegate")
-        .build();
+    let protocol = protocol(env)?;
+    let sampler = sampler(env)?;
+    // The crate reads the endpoints, headers, timeout and compression (`OTEL_EXPORTER_OTLP_*`)
+    // itself; the protocol is ours to pick, so an unknown one is not silently replaced.
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match protocol {
+        Protocol::Grpc => {
+            // tonic's channel runs on the runtime it was built in; the batch processor's
+            // thread hands it each batch.
+            let _rt = runtime.enter();
+            builder
+                .with_tonic()
+                .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+                .build()
+        }
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+    }
+    .context("OTLP trace exporter")?;
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource)
+        .with_sampler(sampler)
+        .with_resource(resource(env))
         .build();
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
@@ -140,10 +257,14 @@ pub fn request_span(
     span
 }
 
-/// The root span of a background refresh, linked to the current (request) span.
-pub fn refresh_span(route: &str) -> tracing::Span {
+/// The root span of a background refresh of `key`, linked to the current (request)
+/// span. Nothing (`Span::none`) when spans are not exported.
+pub fn refresh_span(route: &str, key: &str) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !exporting() {
+        return tracing::Span::none();
+    }
     let trigger = tracing::Span::current()
         .context()
         .span()
@@ -153,6 +274,7 @@ pub fn refresh_span(route: &str) -> tracing::Span {
     if trigger.is_valid() {
         span.add_link(trigger);
     }
+    span.set_attribute(KEY_HASH, key_hash(key));
     span
 }
 
@@ -185,6 +307,87 @@ pub fn record_outcome(span: &tracing::Span, cache: &'static str, status: StatusC
     }
     span.record("cache", cache);
     span.record("http.response.status_code", status.as_u16());
+}
+
+/// The span attribute naming a request's cache key: a hash, since keys carry paths and
+/// queries that may hold ids or credentials (`cachegate key URL` prints the key a URL
+/// gets, and its hash).
+const KEY_HASH: &str = "cache.key_hash";
+
+/// A cache key as traces name it: 16 hex digits of its xxh3 hash.
+pub fn key_hash(key: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()))
+}
+
+/// Records the cache key's hash on the current (request) span. Nothing when spans are
+/// not exported.
+pub fn record_key(key: &str) {
+    if !exporting() {
+        return;
+    }
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    tracing::Span::current().set_attribute(KEY_HASH, key_hash(key));
+}
+
+/// A lookup in one store tier (`memory`, `l1`, `l2`), a child of the current span;
+/// `record_result` gives it `hit` or `miss` (or `error`). Like every span helper
+/// below: `Span::none()` when spans are not exported, so a hit pays one relaxed load.
+pub fn store_lookup_span(tier: &'static str) -> tracing::Span {
+    if !exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "store.lookup",
+        otel.name = "store.lookup",
+        store.tier = tier,
+        result = tracing::field::Empty
+    )
+}
+
+/// A store write (`store`: the backend, `memory`, `redis`, `redis+l1`).
+pub fn store_write_span(store: &'static str) -> tracing::Span {
+    if !exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "store.write",
+        otel.name = "store.write",
+        store = store,
+        result = tracing::field::Empty
+    )
+}
+
+/// A follower waiting for its key's single-flight leader (in this process).
+pub fn lock_wait_span() -> tracing::Span {
+    if !exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("cache.lock_wait", otel.name = "cache.lock_wait")
+}
+
+/// Taking the fleet lease for a fetch (`result`: granted, held_elsewhere, error).
+pub fn lease_span() -> tracing::Span {
+    if !exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "cache.lease",
+        otel.name = "cache.lease",
+        result = tracing::field::Empty
+    )
+}
+
+/// Waiting for the replica that holds the fleet lease to store its entry.
+pub fn lease_wait_span() -> tracing::Span {
+    if !exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("cache.lease_wait", otel.name = "cache.lease_wait")
+}
+
+/// Fills a span's `result` (store and lease spans). Nothing on `Span::none()`.
+pub fn record_result(span: &tracing::Span, result: &'static str) {
+    span.record("result", result);
 }
 
 /// Adds the current span's trace context to an origin request (when spans are exported;
@@ -776,7 +979,93 @@ fn traceparent_trace_id(v: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::traceparent_trace_id;
+    use super::{protocol, sampler, traceparent_trace_id, Env, Protocol};
+    use opentelemetry_sdk::trace::Sampler;
+
+    impl Env for &[(&str, &str)] {
+        fn get(&self, name: &str) -> Option<String> {
+            self.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn protocol_from_the_traces_variable_then_the_general_one() {
+        let check = |env: &[(&str, &str)], want: Protocol| {
+            assert_eq!(protocol(&env).unwrap(), want, "{env:?}");
+        };
+        check(&[], Protocol::HttpProtobuf);
+        check(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")], Protocol::Grpc);
+        check(
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
+            Protocol::HttpProtobuf,
+        );
+        check(
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ],
+            Protocol::Grpc,
+        );
+        let env: &[(&str, &str)] = &[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")];
+        let e = protocol(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"http/json\"")
+                && e.contains("expected grpc or http/protobuf"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn samplers_by_name_with_their_ratio() {
+        let check = |env: &[(&str, &str)], want: &str| {
+            let got = format!("{:?}", sampler(&env).unwrap());
+            assert_eq!(got, want, "{env:?}");
+        };
+        let name = "OTEL_TRACES_SAMPLER";
+        let arg = "OTEL_TRACES_SAMPLER_ARG";
+        check(
+            &[],
+            &format!("{:?}", Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
+        );
+        check(&[(name, "always_on")], "AlwaysOn");
+        check(&[(name, "always_off")], "AlwaysOff");
+        check(
+            &[(name, "traceidratio"), (arg, "0.25")],
+            "TraceIdRatioBased(0.25)",
+        );
+        check(&[(name, "traceidratio")], "TraceIdRatioBased(1.0)");
+        check(
+            &[(name, "parentbased_always_off")],
+            &format!("{:?}", Sampler::ParentBased(Box::new(Sampler::AlwaysOff))),
+        );
+        check(
+            &[(name, "parentbased_traceidratio"), (arg, "0")],
+            &format!(
+                "{:?}",
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.0)))
+            ),
+        );
+        for (env, says) in [
+            (
+                &[(name, "traceidratoi")][..],
+                "OTEL_TRACES_SAMPLER=\"traceidratoi\"",
+            ),
+            (&[(name, "xray")][..], "expected one of always_on"),
+            (
+                &[(name, "traceidratio"), (arg, "1%")][..],
+                "OTEL_TRACES_SAMPLER_ARG=\"1%\"",
+            ),
+            (
+                &[(name, "parentbased_traceidratio"), (arg, "2")][..],
+                "from 0 to 1",
+            ),
+        ] {
+            let e = sampler(&env).unwrap_err().to_string();
+            assert!(e.contains(says), "{env:?}: {e}");
+        }
+    }
 
     #[test]
     fn traceparent_gives_its_trace_id_or_nothing() {

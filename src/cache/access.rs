@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
+use tracing::Instrument;
 
 use super::entry::alloc;
 use super::lock::Locks;
@@ -92,9 +93,11 @@ impl<T: Clone + Send + Sync + 'static> Cache<T> {
 
     /// A store failure skips the write; the response is still served.
     pub async fn store_entry(&self, key: &str, entry: Arc<CacheEntry>) -> bool {
-        match self.store.insert(key, entry).await {
+        let span = crate::telemetry::store_write_span(self.store.name());
+        match self.store.insert(key, entry).instrument(span.clone()).await {
             Ok(()) => true,
             Err(error) => {
+                crate::telemetry::record_result(&span, "error");
                 tracing::warn!(%error, key, "store write failed; response served uncached");
                 crate::telemetry::record_store_error("insert");
                 false
@@ -114,12 +117,19 @@ impl<T: Clone + Send + Sync + 'static> Cache<T> {
     pub async fn fetch_right(&self, key: &str, upstream_timeout: Duration) -> FetchRight {
         // Longer than the fetch it guards, so it does not lapse while the origin works.
         let ttl = upstream_timeout + Duration::from_secs(2);
-        let right = self.store.acquire_lease(key, ttl).await;
-        crate::telemetry::record_lease(match &right {
+        let span = crate::telemetry::lease_span();
+        let right = self
+            .store
+            .acquire_lease(key, ttl)
+            .instrument(span.clone())
+            .await;
+        let result = match &right {
             Ok(Lease::Granted(_)) => "granted",
             Ok(Lease::Held) => "held_elsewhere",
             Err(_) => "error",
-        });
+        };
+        crate::telemetry::record_lease(result);
+        crate::telemetry::record_result(&span, result);
         match right {
             Ok(Lease::Granted(Some(token))) => FetchRight::Leased(token),
             Ok(Lease::Granted(None)) => FetchRight::Local,

@@ -120,12 +120,14 @@ impl CacheStatus {
     }
 
     /// The label used for metrics and logs: `hit`, `stale`, `miss`, `bypass`, ...
+    /// Spelled as Prometheus labels are (`stale_if_error`); the header's `detail=`
+    /// keeps RFC 9111's `stale-if-error`.
     pub fn outcome(&self) -> &'static str {
         match (self.hit, self.fwd, self.detail) {
             (true, _, Some(Detail::StaleWhileRevalidate)) => "stale",
             (true, _, _) if self.collapsed => "collapsed",
             (true, _, _) => "hit",
-            (false, _, Some(Detail::StaleIfError)) => "stale-if-error",
+            (false, _, Some(Detail::StaleIfError)) => "stale_if_error",
             // Waited for another request's fetch of the key: one origin request served it.
             (false, Some(_), _) if self.collapsed => "collapsed",
             (false, Some(f), _) => f.as_str(),
@@ -213,5 +215,38 @@ mod tests {
             "cachegate; fwd=stale; fwd-status=503; detail=stale-if-error",
         );
         check(CacheStatus::forward(Fwd::Bypass), "cachegate; fwd=bypass");
+    }
+
+    #[test]
+    fn outcomes_name_the_metric_label() {
+        let check = |s: CacheStatus, want: &str| assert_eq!(s.outcome(), want, "{s}");
+        check(CacheStatus::hit(12), "hit");
+        check(
+            CacheStatus::hit(-3).with_detail(Detail::StaleWhileRevalidate),
+            "stale",
+        );
+        let stale_if_error = CacheStatus {
+            fwd: Some(Fwd::Stale),
+            fwd_status: Some(503),
+            detail: Some(Detail::StaleIfError),
+            ..Default::default()
+        };
+        // The label is stale_if_error; the header keeps the directive's spelling.
+        assert!(stale_if_error
+            .to_string()
+            .ends_with("detail=stale-if-error"));
+        check(stale_if_error, "stale_if_error");
+        check(CacheStatus::forward(Fwd::Miss), "miss");
+        check(
+            CacheStatus {
+                fwd: Some(Fwd::Miss),
+                collapsed: true,
+                ..Default::default()
+            },
+            "collapsed",
+        );
+        check(CacheStatus::forward(Fwd::Request), "request");
+        check(CacheStatus::forward(Fwd::Bypass), "bypass");
+        check(CacheStatus::default(), "none");
     }
 }

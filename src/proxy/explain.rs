@@ -74,6 +74,8 @@ pub fn describe(
             canonical::cache_request(route, &m.params, path, origin_form.query(), &request, &fwd)
                 .map_err(|e| format!("answered 400: {e}"))?;
         let _ = writeln!(out, "key:      {key}");
+        // How traces name it (spans carry the hash, never the key).
+        let _ = writeln!(out, "key hash: {}", crate::telemetry::key_hash(&key));
         // Every header a response's Vary could select, as the variant would record it.
         let mut names: Vec<HeaderName> = FORWARDED_VARIANT.to_vec();
         let vary = canonical::honoured_vary(route);

@@ -235,6 +235,7 @@ async fn lookup_or_fetch(
 ) -> (Response, CacheStatus) {
     let now = SystemTime::now();
     let client_cc = RequestDirectives::parse(&inbound.parts.headers);
+    crate::telemetry::record_key(key);
     // Variants are selected by what the origin sees, not by what the client sent.
     let found = state.cache.lookup(key, &inbound.upstream.headers).await;
 
@@ -281,7 +282,11 @@ async fn lookup_or_fetch(
                 let upstream = inbound.rt.origins.upstream(route.upstream);
                 let wait =
                     upstream.protection.queue_timeout + upstream.timeout + Duration::from_secs(1);
-                match waiter.wait(wait).await {
+                match waiter
+                    .wait(wait)
+                    .instrument(crate::telemetry::lock_wait_span())
+                    .await
+                {
                     Ok(shared) => return follow(route, key, inbound, found, fwd, shared).await,
                     Err(WaitError::Abandoned) => continue,
                     Err(WaitError::TimedOut) => break,
@@ -316,6 +321,7 @@ async fn lead(
             state
                 .cache
                 .wait_for_entry(key, headers, newer_than, wait)
+                .instrument(crate::telemetry::lease_wait_span())
                 .await
         }
         // A flight that finished between our lookup and our lock (in this process or,
@@ -498,7 +504,14 @@ async fn forward(
         body,
     );
     crate::telemetry::record_origin_request(&upstream.name, &route.template, "pass");
-    match inbound.rt.origins.send(route.upstream, req).await {
+    let span = crate::telemetry::origin_span(&upstream.name, "pass");
+    match inbound
+        .rt
+        .origins
+        .send(route.upstream, req)
+        .instrument(span)
+        .await
+    {
         Ok(resp) => {
             permit.report_status(resp.status());
             status.fwd_status = Some(resp.status().as_u16());

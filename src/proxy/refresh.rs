@@ -92,7 +92,7 @@ pub fn spawn(
     };
     // Its own trace, linked to the request that found the entry stale: a refresh outlives
     // that request and is not part of its latency.
-    let span = crate::telemetry::refresh_span(&route.template);
+    let span = crate::telemetry::refresh_span(&route.template, &key);
     tokio::spawn(
         async move {
             // One refresh per key for the whole fleet: without the lease, another replica

@@ -155,6 +155,9 @@ fn key_shows_the_key_and_the_exact_upstream_request() {
         text.contains("key:      /users/{id}|id=42|a=~&b=2"),
         "{text}"
     );
+    // The hash traces record as cache.key_hash.
+    let hash = cachegate::telemetry::key_hash("/users/{id}|id=42|a=~&b=2");
+    assert!(text.contains(&format!("key hash: {hash}")), "{text}");
     assert!(
         text.contains("upstream: GET http://127.0.0.1:3000/v1/users/42?a=~&b=2"),
         "{text}"

@@ -39,3 +39,4 @@ mod storability;
 mod telemetry;
 mod tls_listener;
 mod tls_origin;
+mod traces;

@@ -248,3 +248,58 @@ async fn a_store_failure_shows_in_store_errors_and_the_breaker_gauge() {
     );
     p.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_copy_served_for_a_failing_origin_is_cache_stale_if_error() {
+    // The first answer is stored; every later one is a 503.
+    let origin = Origin::start(|s| {
+        if s.n == 0 {
+            Reply::ok("kept")
+        } else {
+            Reply::ok("down").status(503)
+        }
+    })
+    .await;
+    let (admin_line, admin) = admin_yaml();
+    let p = Served::start_with(
+        &origin,
+        "ttl: 1s, stale: 0s, stale_if_error: 60s, jitter: 0",
+        &(admin_line + "shutdown: { grace: 0s }\n"),
+        &[],
+    )
+    .await;
+    let url = format!("{}/flaky", p.base);
+    let client = proxy::client();
+    assert_eq!(proxy::send(&client, "GET", &url, &[]).await.body, "kept");
+    // Past the 1 s TTL with a second to spare (the origin's Date has 1 s resolution).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = proxy::send(&client, "GET", &url, &[]).await;
+    assert_eq!(r.body, "kept");
+    // The header keeps RFC 9111's spelling; the metric label is Prometheus-style.
+    assert!(
+        r.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        r.cache_status()
+    );
+    let m = scrape(&admin).await;
+    let route = "route=\"/{*rest}\"";
+    assert_eq!(
+        value(
+            &m,
+            "cachegate_requests_total",
+            &[route, "cache=\"stale_if_error\"", "status=\"2xx\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "cachegate_request_duration_seconds_count",
+            &[route, "cache=\"stale_if_error\""]
+        ),
+        1.0
+    );
+    assert!(!m.contains("cache=\"stale-if-error\""), "{m}");
+    p.stop();
+}

@@ -150,6 +150,7 @@ impl Store for MemoryStore {
         key: &str,
         request: &HeaderMap,
     ) -> Result<Option<Arc<CacheEntry>>, StoreError> {
+        let span = crate::telemetry::store_lookup_span("memory");
         let found = self
             .cache
             .get(key)
@@ -157,6 +158,7 @@ impl Store for MemoryStore {
             .and_then(|variants| pick(&variants, request));
         let result = if found.is_some() { "hit" } else { "miss" };
         crate::telemetry::record_store_op("memory", "lookup", result);
+        crate::telemetry::record_result(&span, result);
         Ok(found)
     }
 

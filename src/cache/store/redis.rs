@@ -342,21 +342,25 @@ impl RedisStore {
 
     /// Every live variant of `key` (for L1 to keep the whole set).
     pub async fn lookup_all(&self, key: &str) -> Result<Vec<Arc<CacheEntry>>, StoreError> {
+        let span = crate::telemetry::store_lookup_span("l2");
         let hash = self.inner.entry_key(key);
         let values: Vec<Vec<u8>> = self
             .inner
             .run("lookup", |mut c| async move {
                 redis::cmd("HVALS").arg(hash).query_async(&mut c).await
             })
-            .await?;
+            .await
+            .inspect_err(|_| crate::telemetry::record_result(&span, "error"))?;
         let now = SystemTime::now();
-        Ok(values
+        let found: Vec<_> = values
             .iter()
             // Undecodable bytes (corrupt, foreign) read as a miss, never as an error.
             .filter_map(|v| entry::decode(v))
             .filter(|e| e.keep_until() > now)
             .map(Arc::new)
-            .collect())
+            .collect();
+        crate::telemetry::record_result(&span, if found.is_empty() { "miss" } else { "hit" });
+        Ok(found)
     }
 }
 

@@ -157,16 +157,20 @@ impl Store for TieredStore {
         request: &HeaderMap,
     ) -> Result<Option<Arc<CacheEntry>>, StoreError> {
         let now = SystemTime::now();
+        let span = crate::telemetry::store_lookup_span("l1");
         if let Some(variants) = self.l1.get(key).await {
             if let Some(e) = variants
                 .iter()
                 .find(|e| e.fresh_until > now && e.matches(request))
             {
                 crate::telemetry::record_store_op("l1", "lookup", "hit");
+                crate::telemetry::record_result(&span, "hit");
                 return Ok(Some(e.clone()));
             }
         }
         crate::telemetry::record_store_op("l1", "lookup", "miss");
+        crate::telemetry::record_result(&span, "miss");
+        drop(span);
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         let all = self.l2.lookup_all(key).await?;
         let found = pick(&all, request);

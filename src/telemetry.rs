@@ -718,7 +718,8 @@ pub fn access_log(
             status: resp.status().as_u16(),
             cache: status.outcome(),
             bytes: response_bytes(resp),
-            duration_ms: elapsed.as_micros() as f64 / 1000.0,
+            duration_ms: millis(elapsed),
+            origin_ms: status.origin_time.map(millis),
             client: a.client,
             trace_id,
         };
@@ -734,11 +735,17 @@ pub fn access_log(
         status = resp.status().as_u16(),
         cache = status.outcome(),
         bytes = response_bytes(resp),
-        duration_ms = elapsed.as_micros() as f64 / 1000.0,
+        duration_ms = millis(elapsed),
+        origin_ms = status.origin_time.map(millis),
         client = a.client.map(tracing::field::display),
         trace_id,
         "access"
     );
+}
+
+/// Milliseconds with microsecond precision, as access lines give durations.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// The process's log writer, for access lines: set by `init`.
@@ -766,6 +773,9 @@ struct AccessLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes: Option<u64>,
     duration_ms: f64,
+    /// The origin exchange this request made (to its response headers), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin_ms: Option<f64>,
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "display_opt"
@@ -846,6 +856,9 @@ fn plain_line(buf: &mut Vec<u8>, line: &AccessLine<'_>) {
         buf.extend_from_slice(itoa::Buffer::new().format(bytes).as_bytes());
     }
     let _ = write!(buf, " duration_ms={:?}", line.duration_ms);
+    if let Some(ms) = line.origin_ms {
+        let _ = write!(buf, " origin_ms={ms:?}");
+    }
     if let Some(client) = line.client {
         let _ = write!(buf, " client={client}");
     }
@@ -905,6 +918,7 @@ mod access_tests {
             cache: "hit",
             bytes: Some(70),
             duration_ms: 0.084,
+            origin_ms: None,
             client: Some("127.0.0.1:4242".parse().unwrap()),
             trace_id,
         }

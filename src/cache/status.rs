@@ -96,6 +96,9 @@ pub struct CacheStatus {
     pub ttl: Option<i64>,
     pub key: Option<String>,
     pub detail: Option<Detail>,
+    /// The origin exchange this request made, up to its response headers (for the access
+    /// log; not part of the header).
+    pub origin_time: Option<std::time::Duration>,
 }
 
 impl CacheStatus {

@@ -65,6 +65,7 @@ pub async fn fetch(
     // What this exchange costs the origin, stored with the entry for early refresh.
     let started = std::time::Instant::now();
     let sent = send_for_cache(route, inbound, stale.as_deref(), kind).await;
+    status.origin_time = Some(started.elapsed());
     let now = SystemTime::now();
 
     let resp = match sent {

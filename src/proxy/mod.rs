@@ -505,13 +505,15 @@ async fn forward(
     );
     crate::telemetry::record_origin_request(&upstream.name, &route.template, "pass");
     let span = crate::telemetry::origin_span(&upstream.name, "pass");
-    match inbound
+    let started = Instant::now();
+    let sent = inbound
         .rt
         .origins
         .send(route.upstream, req)
         .instrument(span)
-        .await
-    {
+        .await;
+    status.origin_time = Some(started.elapsed());
+    match sent {
         Ok(resp) => {
             permit.report_status(resp.status());
             status.fwd_status = Some(resp.status().as_u16());

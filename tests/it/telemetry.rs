@@ -126,6 +126,9 @@ async fn access_log_writes_one_json_line_per_request_with_its_fields() {
     }
     assert!(lines[0].contains(r#""cache":"miss""#), "{}", lines[0]);
     assert!(lines[1].contains(r#""cache":"hit""#), "{}", lines[1]);
+    // The miss went to the origin and says how long that took; the hit did not.
+    assert!(lines[0].contains(r#""origin_ms":"#), "{}", lines[0]);
+    assert!(!lines[1].contains("origin_ms"), "{}", lines[1]);
     assert!(
         lines[0].contains(&format!(r#""trace_id":"{TRACE_ID}""#)),
         "the client's trace id: {}",

@@ -69,7 +69,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=loadtests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 wait_port() { # wait_port PORT: until something accepts on it, at most 30 s
   local _
   for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done

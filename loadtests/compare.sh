@@ -117,21 +117,6 @@ for p in $(seq "$BASE_PORT" "$CGR2_PORT"); do
   port_free "$p" || { echo "port $p is in use; set BASE_PORT" >&2; exit 2; }
 done
 
-# wait_http NAME PID URL: until URL gives any HTTP answer, at most 30 s. Returns 1 if the
-# process exited.
-wait_http() {
-  local name=$1 pid=$2 url=$3
-  for _ in $(seq 150); do
-    kill -0 "$pid" 2>/dev/null || { log "$name exited early:"; tail -n 5 "$WORK/$name.log" >&2; return 1; }
-    local code
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
-    [[ $code != 000 && -n $code ]] && return 0
-    sleep 0.2
-  done
-  log "$name did not answer at $url within 30 s"
-  tail -n 20 "$WORK/$name.log" >&2
-  exit 1
-}
 
 render() { # render TEMPLATE OUT KEY=VALUE...
   local template=$1 out=$2

@@ -66,20 +66,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_http() { # wait_http NAME PID URL: until URL answers, at most 30 s
-  local _ code
-  for _ in $(seq 150); do
-    kill -0 "$2" 2>/dev/null || { log "$1 exited:"; tail -n 5 "$WORK/$1.log" >&2; return 1; }
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$3" || true)
-    [[ $code != 000 && -n $code ]] && return 0
-    sleep 0.2
-  done
-  log "$1 did not answer at $3"
-  return 1
-}
 render() { # render TEMPLATE OUT KEY=VALUE...
   local template=$1 out=$2 kv k v
   shift 2

@@ -58,20 +58,6 @@ fi
 # Many VUs means many sockets on each side.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# wait_http NAME PID URL: until URL gives any HTTP answer, at most 30 s.
-wait_http() {
-  local name=$1 pid=$2 url=$3
-  for _ in $(seq 150); do
-    kill -0 "$pid" 2>/dev/null || { echo "$name exited early:" >&2; tail -n 20 "$WORK/$name.log" >&2; exit 1; }
-    local code
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
-    [[ $code != 000 && -n $code ]] && return 0
-    sleep 0.2
-  done
-  echo "$name did not answer at $url within 30 s:" >&2
-  tail -n 20 "$WORK/$name.log" >&2
-  exit 1
-}
 
 "$BIN" origin --listen "127.0.0.1:$ORIGIN_PORT" >"$WORK/origin.log" 2>&1 &
 PIDS+=($!)

@@ -281,7 +281,7 @@ pub fn refresh_span(route: &str, key: &str) -> tracing::Span {
 /// The span of one origin exchange (a child of the request or refresh span).
 /// Nothing (`Span::none`) when spans are not exported: misses do not pay for it.
 pub fn origin_span(upstream: &str, kind: &'static str) -> tracing::Span {
-    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+    if !exporting() {
         return tracing::Span::none();
     }
     tracing::info_span!(
@@ -301,10 +301,11 @@ fn exporting() -> bool {
 }
 
 /// Fills the request span's outcome fields once the response is known.
-pub fn record_outcome(span: &tracing::Span, cache: &'static str, status: StatusCode) {
-    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+pub fn record_outcome(cache: &'static str, status: StatusCode) {
+    if !exporting() {
         return;
     }
+    let span = tracing::Span::current();
     span.record("cache", cache);
     span.record("http.response.status_code", status.as_u16());
 }
@@ -487,8 +488,7 @@ impl<H: Clone> Handles<H> {
     }
 }
 
-static REQUESTS: Handles<metrics::Counter> = Handles::new();
-static REQUEST_DURATION: Handles<metrics::Histogram> = Handles::new();
+static REQUESTS: Handles<(metrics::Counter, metrics::Histogram)> = Handles::new();
 static ORIGIN_REQUESTS: Handles<metrics::Counter> = Handles::new();
 static ORIGIN_DURATION: Handles<metrics::Histogram> = Handles::new();
 static STORE_OPS: Handles<metrics::Counter> = Handles::new();
@@ -514,16 +514,15 @@ pub fn record_request(
         400..=499 => "4xx",
         _ => "5xx",
     };
-    REQUESTS
-        .get([route, ""], [outcome, class, ""], || {
-            metrics::counter!("cachegate_requests_total", "route" => label(route), "cache" => outcome, "status" => class)
-        })
-        .increment(1);
-    REQUEST_DURATION
-        .get([route, ""], [outcome, "", ""], || {
-            metrics::histogram!("cachegate_request_duration_seconds", "route" => label(route), "cache" => outcome)
-        })
-        .record(elapsed.as_secs_f64());
+    // One slot per (route, outcome, class) holds both series: one lookup per request.
+    let (count, duration) = REQUESTS.get([route, ""], [outcome, class, ""], || {
+        (
+            metrics::counter!("cachegate_requests_total", "route" => label(route), "cache" => outcome, "status" => class),
+            metrics::histogram!("cachegate_request_duration_seconds", "route" => label(route), "cache" => outcome),
+        )
+    });
+    count.increment(1);
+    duration.record(elapsed.as_secs_f64());
     tracing::debug!(
         route = &**route,
         cache = outcome,
@@ -549,16 +548,15 @@ pub fn record_refresh(route: &Arc<str>, result: &'static str) {
 
 /// An upstream's breaker opened (`true`) or closed.
 pub fn record_breaker_open(upstream: &str, open: bool) {
-    let component = format!("upstream:{upstream}");
-    metrics::gauge!("cachegate_breaker_open", "component" => component).set(if open {
-        1.0
-    } else {
-        0.0
-    });
+    breaker_gauge(format!("upstream:{upstream}").into(), open);
 }
 
 /// A breaker of another component (`store:redis`) is open (`true`) or closed.
 pub fn record_breaker_component(component: &'static str, open: bool) {
+    breaker_gauge(component.into(), open);
+}
+
+fn breaker_gauge(component: metrics::SharedString, open: bool) {
     metrics::gauge!("cachegate_breaker_open", "component" => component).set(if open {
         1.0
     } else {

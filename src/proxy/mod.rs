@@ -94,18 +94,10 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
                 resp.headers_mut().remove(name);
             }
         }
-        crate::telemetry::record_outcome(
-            &tracing::Span::current(),
-            status.outcome(),
-            resp.status(),
-        );
-        crate::telemetry::record_request(
-            &route.template,
-            &status,
-            resp.status(),
-            started.elapsed(),
-        );
-        crate::telemetry::access_log(access, &route.template, &status, &resp, started.elapsed());
+        let elapsed = started.elapsed();
+        crate::telemetry::record_outcome(status.outcome(), resp.status());
+        crate::telemetry::record_request(&route.template, &status, resp.status(), elapsed);
+        crate::telemetry::access_log(access, &route.template, &status, &resp, elapsed);
         resp
     }
     .instrument(span)

@@ -4,17 +4,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{proxy, Origin, Reply};
+use crate::support::{free_port, proxy, Origin, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachegate");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Running {
     child: Child,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::fleet::eventually;
 use crate::support::redis::RedisServer;
-use crate::support::{proxy, Origin, Proxy, Reply};
+use crate::support::{free_port, proxy, Origin, Proxy, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachegate");
 const ROUTES: &str = "  - path: /{*rest}\n    upstream: origin\n";
@@ -90,14 +90,6 @@ async fn l1_in_front_of_redis_counts_no_more_than_its_max_size() {
     // Redis keeps what L1 let go: an early key is still a hit.
     let r = proxy.get("/item/0").await;
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The first sample of `name` (with its labels) in a Prometheus text page.

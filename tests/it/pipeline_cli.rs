@@ -12,17 +12,9 @@ use axum::extract::State;
 use http::HeaderMap;
 
 use crate::support::fleet::{admin_yaml, TOKEN};
-use crate::support::{proxy, Origin, Reply};
+use crate::support::{free_port, proxy, Origin, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachegate");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The real `cachegate` serving `routes` in front of `origin`, with an admin listener.
 struct Binary {

@@ -5,18 +5,10 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{proxy, Origin, Reply};
+use crate::support::{free_port, proxy, Origin, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachegate");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The real binary serving `/{*rest}` from `origin`, with stderr captured.
 pub(crate) struct Served {

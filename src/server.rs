@@ -1,4 +1,4 @@
-//! Listeners (plain and TLS), connection limits, the one place layers are stacked, and
+//! Listeners (plain and TLS), connection limits, the one request stack (`serve_request`), and
 //! the drain on shutdown.
 
 use std::future::Future;

@@ -52,11 +52,6 @@ pub struct Inbound {
     pub upstream: UpstreamRequest,
 }
 
-/// The proxy router: every path and method goes to `handle`.
-pub fn router(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(state)
-}
-
 /// The axum handler for every proxied request.
 pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();

@@ -30,6 +30,7 @@ use crate::app::AppState;
 use crate::config::{Limits, ListenerTls};
 use crate::conn::ConnectionInfo;
 use crate::error::ProxyError;
+use crate::workers::Workers;
 
 /// The proxy's request stack, outermost first (a request passes top to bottom, its
 /// response bottom to top):
@@ -225,16 +226,25 @@ pub async fn serve(
     };
 
     let ctx = Arc::new(Ctx::new(&state));
+    // Dropped at the end of `serve`, after the drain: what still runs on them then goes.
+    let workers = Workers::start()?;
     let graceful = GracefulShutdown::new();
     let (stop, stop_rx) = watch::channel(false);
     tracing::info!(addr = %listeners.plain.local_addr()?, store = state.cache.store.name(), "cachegate listening");
-    let plain = accept_loop(listeners.plain, None, &ctx, &graceful, stop_rx.clone());
+    let plain = accept_loop(
+        listeners.plain,
+        None,
+        &ctx,
+        &workers,
+        &graceful,
+        stop_rx.clone(),
+    );
     let tls = async {
         if let Some((listener, certs)) = listeners.tls {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "cachegate listening (TLS)");
             }
-            accept_loop(listener, Some(certs), &ctx, &graceful, stop_rx).await;
+            accept_loop(listener, Some(certs), &ctx, &workers, &graceful, stop_rx).await;
         }
     };
     let grace = state.runtime().config.shutdown.grace;
@@ -342,6 +352,7 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<ServerTls>,
     ctx: &Arc<Ctx>,
+    workers: &Workers,
     graceful: &GracefulShutdown,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -369,13 +380,15 @@ async fn accept_loop(
             }
         };
         match permit {
-            Some(permit) => spawn_connection(stream, peer, &tls, ctx, graceful, permit),
+            Some(permit) => spawn_connection(stream, peer, &tls, ctx, workers, graceful, permit),
             None => {
                 tokio::spawn(reject(stream, tls.clone(), ctx.clone()));
                 // Shed what else is queued now, without waiting again for each.
                 while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
                     match ctx.permits.clone().try_acquire_owned() {
-                        Ok(permit) => spawn_connection(stream, peer, &tls, ctx, graceful, permit),
+                        Ok(permit) => {
+                            spawn_connection(stream, peer, &tls, ctx, workers, graceful, permit)
+                        }
                         Err(_) => {
                             tokio::spawn(reject(stream, tls.clone(), ctx.clone()));
                         }
@@ -395,15 +408,25 @@ impl<F: FnMut()> Drop for OnDrop<F> {
     }
 }
 
+/// Hands the connection to a worker (`workers`), where it is served to its end.
 fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
     tls: &Option<ServerTls>,
     ctx: &Arc<Ctx>,
+    workers: &Workers,
     graceful: &GracefulShutdown,
     permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
+    // Off this runtime's reactor, onto the worker's (inside the task, on its thread).
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::debug!(%error, %peer, "accepted connection lost before it was served");
+            return;
+        }
+    };
     let info = ConnectionInfo {
         peer,
         tls: tls.is_some(),
@@ -414,8 +437,12 @@ fn spawn_connection(
         tls.as_ref().map(ServerTls::acceptor),
     );
     let listener = if acceptor.is_some() { "tls" } else { "plain" };
-    tokio::spawn(async move {
+    workers.spawn(move |placed| async move {
+        let _placed = placed;
         let _permit = permit;
+        let Ok(stream) = TcpStream::from_std(stream) else {
+            return;
+        };
         crate::telemetry::record_connection(listener, 1.0);
         let _open = OnDrop(move || crate::telemetry::record_connection(listener, -1.0));
         match acceptor {

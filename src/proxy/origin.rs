@@ -25,14 +25,20 @@ use super::canonical::Forwarding;
 use crate::config::{Http2, Upstream};
 use crate::error::ProxyError;
 
-/// Clients for every upstream, indexed like `Config::upstreams`.
+/// Clients for every upstream, indexed like `Config::upstreams`: one pool per connection
+/// worker (`crate::workers`) and one for everything off the workers, so a request uses
+/// origin connections served by its own thread.
 pub struct Origins {
-    upstreams: Vec<(Upstream, Client<Dial, Body>)>,
+    upstreams: Vec<(Upstream, Vec<Client<Dial, Body>>)>,
 }
 
 impl Origins {
     pub fn new(upstreams: &[Upstream]) -> Self {
-        let upstreams = upstreams.iter().map(|u| (u.clone(), client(u))).collect();
+        let pools = crate::workers::count() + 1;
+        let upstreams = upstreams
+            .iter()
+            .map(|u| (u.clone(), (0..pools).map(|_| client(u)).collect()))
+            .collect();
         Origins { upstreams }
     }
 
@@ -47,7 +53,8 @@ impl Origins {
         index: usize,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let (upstream, client) = &self.upstreams[index];
+        let (upstream, clients) = &self.upstreams[index];
+        let client = &clients[crate::workers::current().map_or(0, |w| w + 1) % clients.len()];
         if let Some(host) = &upstream.host {
             with_host(&mut req, host);
         }

@@ -148,20 +148,22 @@ fn decisions(c: &mut Criterion) {
             status: res.status,
             response_headers: &res.headers,
         };
+        let cc = policy::Directives::parse(&res.headers);
         // The decision alone, on a parsed http-cache-semantics policy.
         g.bench_function(format!("decide/{name}"), |b| {
-            b.iter(|| policy::decide(&route, black_box(&cache_policy), black_box(&ex), now, 0.5))
+            b.iter(|| policy::decide(&route, black_box(&cache_policy), black_box(&ex), &cc, now, 0.5))
         });
-        // What a miss pays: parsing the exchange into a CachePolicy, then deciding.
-        g.bench_function(format!("new_options+decide/{name}"), |b| {
+        // What a miss pays: reading the response once and deciding (`policy::evaluate`).
+        g.bench_function(format!("evaluate/{name}"), |b| {
             b.iter(|| {
-                let p = CachePolicy::new_options(
+                policy::evaluate(
+                    &route,
                     black_box(&req),
-                    black_box(&res),
+                    res.status,
+                    black_box(&res.headers),
                     now,
-                    policy::cache_options(),
-                );
-                policy::decide(&route, &p, &ex, now, 0.5)
+                    0.5,
+                )
             })
         });
     }

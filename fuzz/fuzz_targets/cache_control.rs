@@ -7,10 +7,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use cachegate::cache::policy::{self, Directives, Exchange, RequestDirectives};
+use cachegate::cache::policy::{self, Directives, RequestDirectives};
 use cachegate::config::{Config, Overrides};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use http_cache_semantics::CachePolicy;
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: &[&str] = &[
@@ -67,14 +66,7 @@ fuzz_target!(|input: &[u8]| {
     let route = &config().routes[0];
     let request = http::Request::get("http://origin/x").body(()).expect("static");
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let effective = policy::effective_headers(&headers, &route.policy.targets);
-    let response = policy::library_response(status, &effective);
-    let cache = CachePolicy::new_options(&request, &response, now, policy::cache_options());
-    let _ = cache.time_to_live(now);
-    let exchange = Exchange {
-        request_headers: request.headers(),
-        status,
-        response_headers: &effective,
-    };
-    let _ = policy::decide(&route.policy, &cache, &exchange, now, 0.5);
+    let request = request.into_parts().0;
+    let evaluation = policy::evaluate(&route.policy, &request, status, &headers, now, 0.5);
+    let _ = evaluation.initial_age;
 });

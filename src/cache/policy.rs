@@ -255,10 +255,10 @@ pub struct Directives {
 impl Directives {
     pub fn parse(headers: &HeaderMap) -> Self {
         let mut d = Directives::default();
-        for (name, arg) in directives(headers.get_all(CACHE_CONTROL)) {
-            let secs = || arg.as_deref().and_then(|a| a.parse::<u64>().ok());
+        for (name, arg) in each_directive(headers.get_all(CACHE_CONTROL)) {
+            let secs = || arg.and_then(|a| a.parse::<u64>().ok());
             let fields = |d: &mut Directives| {
-                if let Some(list) = &arg {
+                if let Some(list) = arg {
                     d.strip_fields.extend(
                         list.split(',')
                             .map(|f| f.trim().to_ascii_lowercase())
@@ -266,7 +266,7 @@ impl Directives {
                     );
                 }
             };
-            match name.as_str() {
+            match &*lower(name) {
                 "no-store" => d.no_store = true,
                 // The qualified forms only strip the named fields (RFC 9111 §5.2.2.4, §5.2.2.7).
                 "no-cache" if arg.is_some() => fields(&mut d),
@@ -304,35 +304,66 @@ impl Directives {
 pub fn directives<'a>(
     values: impl IntoIterator<Item = &'a http::HeaderValue>,
 ) -> Vec<(String, Option<String>)> {
-    let mut out = Vec::new();
-    for value in values {
-        let Ok(value) = value.to_str() else { continue };
-        let mut parts = Vec::new();
-        let (mut start, mut quoted) = (0, false);
-        for (i, c) in value.char_indices() {
-            match c {
-                '"' => quoted = !quoted,
-                ',' if !quoted => {
-                    parts.push(&value[start..i]);
-                    start = i + 1;
+    each_directive(values)
+        .map(|(name, arg)| (name.to_ascii_lowercase(), arg.map(str::to_string)))
+        .collect()
+}
+
+/// `directives` without allocating: (name as written, unquoted argument). Names are
+/// case-insensitive (RFC 9111 §5.2); `lower` spells one for a `match`.
+pub fn each_directive<'a>(
+    values: impl IntoIterator<Item = &'a http::HeaderValue>,
+) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
+    values
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|value| Members { rest: Some(value) })
+        .filter_map(|part| {
+            let part = part.trim();
+            if part.is_empty() {
+                return None;
+            }
+            Some(match part.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                None => (part, None),
+            })
+        })
+}
+
+/// The comma-separated members of one field value, commas inside quotes included in
+/// their member.
+struct Members<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let value = self.rest?;
+        let mut quoted = false;
+        for (i, b) in value.bytes().enumerate() {
+            match b {
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    self.rest = Some(&value[i + 1..]);
+                    return Some(&value[..i]);
                 }
                 _ => {}
             }
         }
-        parts.push(&value[start..]);
-        for part in parts {
-            let part = part.trim();
-            if part.is_empty() {
-                continue;
-            }
-            let (name, arg) = match part.split_once('=') {
-                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"').to_string())),
-                None => (part, None),
-            };
-            out.push((name.to_ascii_lowercase(), arg));
-        }
+        self.rest = None;
+        Some(value)
     }
-    out
+}
+
+/// `name` lower-cased, borrowed unless it had upper-case letters.
+fn lower(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 /// Request directives cachegate acts on (RFC 9111 §5.2.1), with `Pragma: no-cache`
@@ -351,16 +382,16 @@ pub struct RequestDirectives {
 impl RequestDirectives {
     pub fn parse(headers: &HeaderMap) -> Self {
         let mut d = RequestDirectives::default();
-        let list = directives(headers.get_all(CACHE_CONTROL));
-        if list.is_empty() {
+        let mut list = each_directive(headers.get_all(CACHE_CONTROL)).peekable();
+        if list.peek().is_none() {
             d.no_cache = headers.get_all(http::header::PRAGMA).iter().any(|v| {
                 v.to_str()
                     .is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache"))
             });
         }
         for (name, arg) in list {
-            let secs = arg.as_deref().and_then(|a| a.parse::<u64>().ok());
-            match name.as_str() {
+            let secs = arg.and_then(|a| a.parse::<u64>().ok());
+            match &*lower(name) {
                 "no-cache" => d.no_cache = true,
                 "no-store" => d.no_store = true,
                 "only-if-cached" => d.only_if_cached = true,
@@ -485,13 +516,18 @@ pub fn cache_options() -> CacheOptions {
 ///   as `0` (already expired, §5.3), an invalid `Date` or `Last-Modified` not at all;
 /// - a status the crate does not know (e.g. 500, 403) with explicit freshness may be
 ///   stored (§3), yet the crate refuses: it reads it as a 200 for freshness only.
-pub fn library_response(status: StatusCode, effective: &HeaderMap) -> LibraryView<'_> {
+///
+/// `cc` is `Directives::parse(effective)`, parsed once by the caller.
+pub fn library_response<'a>(
+    status: StatusCode,
+    effective: &'a HeaderMap,
+    cc: &Directives,
+) -> LibraryView<'a> {
     let cc_lines = effective.get_all(CACHE_CONTROL);
-    let list = directives(cc_lines.iter());
     let cc_rewrite = cc_lines
         .iter()
         .any(|v| v.as_bytes().iter().any(u8::is_ascii_uppercase))
-        || list.iter().any(|(name, arg)| {
+        || each_directive(cc_lines.iter()).any(|(name, arg)| {
             name == "proxy-revalidate"
                 || (arg.is_some() && (name == "private" || name == "no-cache"))
         });
@@ -522,6 +558,7 @@ pub fn library_response(status: StatusCode, effective: &HeaderMap) -> LibraryVie
     let headers = if cc_rewrite || !fixes.is_empty() {
         let mut headers = effective.clone();
         if cc_rewrite {
+            let list = directives(cc_lines.iter());
             let rewritten: Vec<String> = list
                 .iter()
                 .filter(|(name, arg)| !(arg.is_some() && (name == "private" || name == "no-cache")))
@@ -554,7 +591,8 @@ pub fn library_response(status: StatusCode, effective: &HeaderMap) -> LibraryVie
     let status = if understood || status == StatusCode::PARTIAL_CONTENT {
         status
     } else {
-        let cc = Directives::parse(&headers);
+        // The rewrite above changes neither `max-age`/`s-maxage` nor whether there is
+        // an `Expires`.
         let explicit = cc.s_maxage || cc.max_age || headers.contains_key(EXPIRES);
         if explicit {
             StatusCode::OK
@@ -605,18 +643,58 @@ impl http_cache_semantics::ResponseLike for LibraryView<'_> {
     }
 }
 
-/// Decides whether and for how long a response may be stored.
+/// One origin response read once for this cache.
+#[derive(Debug)]
+pub struct Evaluation {
+    pub storability: Storability,
+    /// The response's age when it arrived (RFC 9111 §4.2.3), what the entry keeps.
+    pub initial_age: Duration,
+    /// Fields named by `private="..."` and `no-cache="..."`: kept out of the stored copy.
+    pub strip_fields: Vec<String>,
+}
+
+/// Reads a response as this cache must (targeted fields first, RFC 9213), its
+/// `Cache-Control` parsed once, and decides whether and how long to keep it. `request`
+/// is the request as the cache sees it (the canonical request plus the client's cache
+/// directives); `jitter_sample` is in `[-1, 1]`, drawn by the caller.
+pub fn evaluate(
+    route: &RoutePolicy,
+    request: &http::request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+    jitter_sample: f64,
+) -> Evaluation {
+    let effective = effective_headers(headers, &route.targets);
+    let cc = Directives::parse(&effective);
+    let response = library_response(status, &effective, &cc);
+    let policy = CachePolicy::new_options(request, &response, now, cache_options());
+    let exchange = Exchange {
+        request_headers: &request.headers,
+        status,
+        response_headers: &effective,
+    };
+    let storability = decide(route, &policy, &exchange, &cc, now, jitter_sample);
+    Evaluation {
+        storability,
+        initial_age: policy.age(now),
+        strip_fields: cc.strip_fields,
+    }
+}
+
+/// Decides whether and for how long a response may be stored. `cc` is
+/// `Directives::parse(ex.response_headers)`.
 ///
 /// `jitter_sample` is a number in `[-1, 1]` drawn by the caller, so this stays pure.
 pub fn decide(
     route: &RoutePolicy,
     policy: &CachePolicy,
     ex: &Exchange<'_>,
+    cc: &Directives,
     now: SystemTime,
     jitter_sample: f64,
 ) -> Storability {
     use Storability::DoNotStore;
-    let cc = Directives::parse(ex.response_headers);
     let status = ex.status.as_u16();
     if status == 206 {
         return DoNotStore(Detail::Partial);
@@ -789,14 +867,8 @@ mod tests {
         }
         let rs = rs.body(()).unwrap();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let library = library_response(rs.status(), rs.headers());
-        let policy = CachePolicy::new_options(&rq, &library, now, cache_options());
-        let ex = Exchange {
-            request_headers: rq.headers(),
-            status: rs.status(),
-            response_headers: rs.headers(),
-        };
-        decide(route, &policy, &ex, now, jitter_sample)
+        let (rq, _) = rq.into_parts();
+        evaluate(route, &rq, rs.status(), rs.headers(), now, jitter_sample).storability
     }
 
     #[test]
@@ -1055,6 +1127,34 @@ mod tests {
     }
 
     #[test]
+    fn directives_split_outside_quotes_and_skip_empty_members() {
+        let v = [
+            http::HeaderValue::from_static(r#"private="Set-Cookie, X-User",, MAX-AGE = 5"#),
+            http::HeaderValue::from_static(" no-store ,stale-if-error=\"60\""),
+        ];
+        let borrowed: Vec<_> = each_directive(v.iter()).collect();
+        assert_eq!(
+            borrowed,
+            [
+                ("private", Some("Set-Cookie, X-User")),
+                ("MAX-AGE", Some("5")),
+                ("no-store", None),
+                ("stale-if-error", Some("60")),
+            ]
+        );
+        let owned = directives(v.iter());
+        assert_eq!(owned[1], ("max-age".to_string(), Some("5".to_string())));
+        let mut h = HeaderMap::new();
+        for value in v {
+            h.append(CACHE_CONTROL, value);
+        }
+        let d = Directives::parse(&h);
+        assert_eq!(d.strip_fields, ["set-cookie", "x-user"]);
+        assert!(d.max_age && d.no_store && !d.private);
+        assert_eq!(d.stale_if_error, Some(60));
+    }
+
+    #[test]
     fn directive_names_are_read_in_any_case() {
         let r = route();
         let cc = |v: &'static str| [("cache-control", v)];
@@ -1076,7 +1176,7 @@ mod tests {
             for (k, v) in pairs {
                 h.append(HeaderName::try_from(*k).unwrap(), v.parse().unwrap());
             }
-            let lib = library_response(StatusCode::OK, &h);
+            let lib = library_response(StatusCode::OK, &h, &Directives::parse(&h));
             let seen = |n: &str| {
                 http_cache_semantics::ResponseLike::headers(&lib)
                     .get(n)

@@ -10,7 +10,6 @@ use axum::response::Response;
 use http::header::{self, HeaderName};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
-use http_cache_semantics::CachePolicy;
 
 use super::canonical::FORWARDED_VARIANT;
 use super::origin::{self, BodyRead};
@@ -21,7 +20,7 @@ use super::{
 };
 use crate::app::AppState;
 use crate::cache::entry::vary_values;
-use crate::cache::policy::{self, Exchange, Lifetimes, Storability};
+use crate::cache::policy::{self, Lifetimes, Storability};
 use crate::cache::{CacheEntry, CacheStatus, Detail, Fwd};
 use crate::config::Route;
 use crate::error::ProxyError;
@@ -135,7 +134,11 @@ pub async fn fetch(
         }
     }
 
-    let (policy, storability) = evaluate(route, &request_parts, parts.status, &parts.headers, now);
+    let policy::Evaluation {
+        storability,
+        initial_age,
+        strip_fields,
+    } = evaluate(route, &request_parts, parts.status, &parts.headers, now);
     let lifetimes = match storability {
         Storability::Store(l) => l,
         Storability::DoNotStore(reason) => {
@@ -186,8 +189,7 @@ pub async fn fetch(
     parts.headers.remove(header::AGE);
     // `private="f"` / `no-cache="f"`: f is for this client only, never stored.
     let mut withheld = HeaderMap::new();
-    let effective = policy::effective_headers(&parts.headers, &route.policy.targets);
-    for field in policy::Directives::parse(&effective).strip_fields {
+    for field in strip_fields {
         if let Ok(name) = HeaderName::try_from(field) {
             for v in parts.headers.get_all(&name) {
                 withheld.append(name.clone(), v.clone());
@@ -200,7 +202,7 @@ pub async fn fetch(
             parts.status,
             parts.headers,
             body,
-            policy.age(now),
+            initial_age,
             now,
             lifetimes,
             vary_values(&inbound.upstream.headers, &vary),
@@ -393,7 +395,11 @@ fn renew(
             headers.append(name.clone(), value.clone());
         }
     }
-    let (policy, storability) = evaluate(route, request, old.status, &headers, now);
+    let policy::Evaluation {
+        storability,
+        initial_age,
+        ..
+    } = evaluate(route, request, old.status, &headers, now);
     let lifetimes = match &storability {
         Storability::Store(l) => *l,
         Storability::DoNotStore(_) => Lifetimes {
@@ -406,7 +412,7 @@ fn renew(
         old.status,
         headers,
         old.body.clone(),
-        policy.age(now),
+        initial_age,
         now,
         lifetimes,
         old.vary.clone(),
@@ -416,26 +422,16 @@ fn renew(
     (entry, storability)
 }
 
-/// Reads a response as this cache must (targeted fields first) and decides whether and
-/// how long to keep it.
+/// `policy::evaluate` with this route's policy and a fresh jitter sample.
 fn evaluate(
     route: &Route,
     request: &Parts,
     status: StatusCode,
     headers: &HeaderMap,
     now: SystemTime,
-) -> (CachePolicy, Storability) {
-    let effective = policy::effective_headers(headers, &route.policy.targets);
-    let response = policy::library_response(status, &effective);
-    let policy = CachePolicy::new_options(request, &response, now, policy::cache_options());
-    let exchange = Exchange {
-        request_headers: &request.headers,
-        status,
-        response_headers: &effective,
-    };
+) -> policy::Evaluation {
     let jitter = rand::random::<f64>() * 2.0 - 1.0;
-    let storability = policy::decide(&route.policy, &policy, &exchange, now, jitter);
-    (policy, storability)
+    policy::evaluate(&route.policy, request, status, headers, now, jitter)
 }
 
 /// The request as the cache sees it: a GET of the canonical request, with the client's

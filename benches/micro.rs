@@ -151,7 +151,16 @@ fn decisions(c: &mut Criterion) {
         let cc = policy::Directives::parse(&res.headers);
         // The decision alone, on a parsed http-cache-semantics policy.
         g.bench_function(format!("decide/{name}"), |b| {
-            b.iter(|| policy::decide(&route, black_box(&cache_policy), black_box(&ex), &cc, now, 0.5))
+            b.iter(|| {
+                policy::decide(
+                    &route,
+                    black_box(&cache_policy),
+                    black_box(&ex),
+                    &cc,
+                    now,
+                    0.5,
+                )
+            })
         });
         // What a miss pays: reading the response once and deciding (`policy::evaluate`).
         g.bench_function(format!("evaluate/{name}"), |b| {

@@ -87,6 +87,10 @@ fn main() -> ExitCode {
         Some(Command::Warm(args)) => return pipeline::block_on(pipeline::warm::run(args)),
         _ => {}
     }
+    if let Err(e) = cachegate::workers::configured() {
+        eprintln!("cachegate: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -26,17 +26,32 @@ pub fn current() -> Option<usize> {
     CURRENT.with(Cell::get)
 }
 
-/// How many workers a server starts: the cores this process may use
-/// (`CACHEGATE_WORKERS` overrides it, at least 1).
+/// How many workers a server starts: the cores this process may use (a cgroup CPU quota
+/// counts), or `CACHEGATE_WORKERS`.
 pub fn count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| {
-        std::env::var("CACHEGATE_WORKERS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
+        configured().ok().flatten().unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
     })
+}
+
+/// `CACHEGATE_WORKERS` when set: a whole number from 1 to 1024, or an error naming it
+/// (`main` refuses to start on one).
+pub fn configured() -> Result<Option<usize>, String> {
+    match std::env::var("CACHEGATE_WORKERS") {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err("CACHEGATE_WORKERS: not a number of workers".to_string())
+        }
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(Some(n)),
+            _ => Err(format!(
+                "CACHEGATE_WORKERS={v:?}: expected a whole number from 1 to 1024"
+            )),
+        },
+    }
 }
 
 /// The running workers; dropping them stops their threads (what still runs there is
@@ -112,5 +127,37 @@ impl Drop for Workers {
     /// The threads end on their own once told (not joined: this may run on a runtime).
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn connections_go_to_the_least_loaded_worker_and_know_it() {
+        let workers = Workers::start().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (hold, held) = watch::channel(false);
+        // Two long connections, then a short one: with two or more workers the first two
+        // land on different workers, and each task sees the worker it runs on.
+        for _ in 0..2 {
+            let (tx, mut held) = (tx.clone(), held.clone());
+            workers.spawn(move |placed| async move {
+                tx.send(current()).unwrap();
+                let _ = held.wait_for(|go| *go).await;
+                drop(placed);
+            });
+        }
+        let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let second = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(first.is_some() && second.is_some());
+        if count() >= 2 {
+            assert_ne!(first, second);
+        }
+        assert_eq!(current(), None, "the test thread is no worker");
+        let _ = hold.send(true);
+        drop(held);
     }
 }

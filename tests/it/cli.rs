@@ -48,6 +48,40 @@ fn check_reports_file_line_and_field() {
 }
 
 #[test]
+fn a_bad_worker_count_stops_start_up_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, "upstreams:\n  api: { url: \"http://127.0.0.1:3000\" }\nroutes:\n  - path: /a\n    upstream: api\n")
+        .unwrap();
+    for bad in ["0", "two", "-1"] {
+        let out = Command::new(BIN)
+            .env("CACHEGATE_WORKERS", bad)
+            .args(["--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "CACHEGATE_WORKERS={bad} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("CACHEGATE_WORKERS=\"{bad}\"")),
+            "{err}"
+        );
+    }
+    let out = Command::new(BIN)
+        .env("CACHEGATE_WORKERS", "3")
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn version_and_help_work() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("cachegate "));

@@ -1,6 +1,7 @@
 //! A stored response with its soft and hard deadlines. The only module that defines
 //! stored bytes (see `encode`/`decode`).
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -209,9 +210,26 @@ impl CacheEntry {
 /// repeated lines comma-joined, whitespace around elements dropped, `Accept-Encoding`
 /// reduced to the codings cachegate would pick from, `Accept-Language` to its ranges in
 /// order of preference.
-pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = request.get_all(name).iter().peekable();
-    values.peek()?;
+///
+/// Borrowed when there is nothing to normalise (one line, no list, no surrounding
+/// whitespace, not one of the two negotiation fields rewritten): the usual case, which
+/// then costs no allocation.
+pub fn normalized<'a>(request: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, str>> {
+    let all = request.get_all(name);
+    let mut values = all.iter();
+    let first = values.next()?;
+    let rewritten = name == ACCEPT_ENCODING || name.as_str() == "accept-language";
+    if !rewritten && values.next().is_none() {
+        if let Ok(v) = first.to_str() {
+            if !v.contains(',') && v.trim() == v {
+                return Some(Cow::Borrowed(v));
+            }
+        }
+    }
+    Some(Cow::Owned(normalized_slow(all.iter(), name)))
+}
+
+fn normalized_slow<'a>(values: impl Iterator<Item = &'a HeaderValue>, name: &HeaderName) -> String {
     let joined = values
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -220,12 +238,12 @@ pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
         .collect::<Vec<_>>()
         .join(",");
     if name == ACCEPT_ENCODING {
-        return Some(accepted_codings(&joined));
+        return accepted_codings(&joined);
     }
     if name.as_str() == "accept-language" {
-        return Some(language_preferences(&joined));
+        return language_preferences(&joined);
     }
-    Some(joined)
+    joined
 }
 
 /// `Accept-Language` as the origin reads it: ranges lower-cased (RFC 4647 §2: case does
@@ -320,7 +338,7 @@ fn accepted_codings(header: &str) -> String {
 pub fn vary_values(request: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, Option<String>)> {
     names
         .iter()
-        .map(|n| (n.clone(), normalized(request, n)))
+        .map(|n| (n.clone(), normalized(request, n).map(Cow::into_owned)))
         .collect()
 }
 

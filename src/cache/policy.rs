@@ -42,7 +42,7 @@ pub struct RoutePolicy {
     pub client_no_cache: ClientNoCache,
     /// Request headers the route honours in `Vary`; a response varying on another is
     /// not stored (instead of exploding the key space). `None`: any.
-    pub vary_allow: Option<Vec<String>>,
+    pub vary_allow: Option<Vec<HeaderName>>,
     /// Names this cache answers to in targeted fields (RFC 9213).
     pub targets: Targets,
 }
@@ -717,7 +717,7 @@ pub fn decide(
         None => return DoNotStore(Detail::VaryStar),
         Some(names) => {
             if let Some(allow) = &route.vary_allow {
-                if names.iter().any(|n| !allow.contains(n)) {
+                if names.iter().any(|n| !allow.iter().any(|a| a.as_str() == n)) {
                     return DoNotStore(Detail::VaryNotAllowed);
                 }
             }

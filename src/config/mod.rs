@@ -536,10 +536,10 @@ impl Validator {
                     r.client_no_cache.as_deref(),
                     defaults.client_no_cache,
                 )?,
-                vary_allow: r
-                    .vary
-                    .as_ref()
-                    .map(|v| v.iter().map(|n| n.to_ascii_lowercase()).collect()),
+                vary_allow: match &r.vary {
+                    Some(names) => Some(self.header_names(&f("vary"), names)?),
+                    None => None,
+                },
                 targets: defaults.targets.clone(),
             };
             let headers = self.header_names(&f("key.headers"), &r.key.headers)?;

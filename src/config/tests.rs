@@ -206,3 +206,18 @@ fn bad_origin_protection_values_name_the_field() {
     assert_eq!(parse_rate("200/day"), None);
     assert_eq!(parse_rate("-1/s"), None);
 }
+
+#[test]
+fn a_vary_list_names_headers() {
+    let src = "upstreams:\n  api: { url: \"http://127.0.0.1:3000\" }\nroutes:\n  - path: /a\n    upstream: api\n    vary: [Accept, \"not a header\"]\n";
+    let err = parse(src).expect_err("a bad vary name is rejected");
+    let text = err.to_string();
+    assert!(text.starts_with("routes.yaml:6:"), "{text}");
+    assert!(
+        text.contains("routes[0].vary[1]: \"not a header\" is not a header name"),
+        "{text}"
+    );
+    let ok = parse(&src.replace(", \"not a header\"", "")).unwrap();
+    let names = ok.routes[0].policy.vary_allow.as_deref().unwrap();
+    assert_eq!(names, [http::header::ACCEPT]);
+}

@@ -8,6 +8,8 @@
 //!
 //! Its parts: `uri` (path and query) and `edge` (host, scheme, forwarding).
 
+use std::borrow::Cow;
+
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
@@ -77,14 +79,12 @@ pub static FORWARDED_VARIANT: [HeaderName; 2] = [
 
 /// The request headers a route honours in `Vary`, and so forwards on the cache path: its
 /// `vary:` list, or the negotiation headers.
-pub fn honoured_vary(route: &Route) -> Vec<HeaderName> {
-    match &route.policy.vary_allow {
-        Some(names) => names
-            .iter()
-            .filter_map(|n| HeaderName::try_from(n.as_str()).ok())
-            .collect(),
-        None => NEGOTIATION_HEADERS.to_vec(),
-    }
+pub fn honoured_vary(route: &Route) -> &[HeaderName] {
+    route
+        .policy
+        .vary_allow
+        .as_deref()
+        .unwrap_or(NEGOTIATION_HEADERS)
 }
 
 /// The end-to-end request headers the origin sees on the cache path (GET and HEAD of a
@@ -99,7 +99,13 @@ pub fn cache_headers(client: &HeaderMap, route: &Route, fwd: &Forwarding) -> Hea
         if out.contains_key(name) {
             return;
         }
-        if let Some(v) = normalized(client, name).and_then(|v| HeaderValue::try_from(v).ok()) {
+        let value = match normalized(client, name) {
+            // Nothing to normalise: the client's value itself (no copy).
+            Some(Cow::Borrowed(_)) => client.get(name).cloned(),
+            Some(Cow::Owned(v)) => HeaderValue::try_from(v).ok(),
+            None => None,
+        };
+        if let Some(v) = value {
             out.insert(name.clone(), v);
         }
     };

@@ -79,7 +79,7 @@ pub fn describe(
         // Every header a response's Vary could select, as the variant would record it.
         let mut names: Vec<HeaderName> = FORWARDED_VARIANT.to_vec();
         let vary = canonical::honoured_vary(route);
-        for n in route.key.headers.iter().chain(&vary) {
+        for n in route.key.headers.iter().chain(vary) {
             if !names.contains(n) {
                 names.push(n.clone());
             }

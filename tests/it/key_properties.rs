@@ -474,10 +474,7 @@ fn spell(m: &Meaning, s: &Spelling, routes: &[std::sync::Arc<Route>]) -> Option<
 fn forwards(route: &Route) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = route.key.headers.clone();
     match &route.policy.vary_allow {
-        Some(v) => names.extend(
-            v.iter()
-                .filter_map(|n| HeaderName::try_from(n.as_str()).ok()),
-        ),
+        Some(v) => names.extend(v.iter().cloned()),
         None => names.extend(NEGOTIATION_HEADERS.iter().cloned()),
     }
     names

@@ -134,8 +134,14 @@ async fn unsafe_methods_are_forwarded_with_their_body_and_invalidate() {
 
 #[tokio::test]
 async fn request_bodies_reach_the_origin() {
-    let origin =
-        Origin::start(|s| Reply::ok(format!("len={:?}", s.headers.get("content-length")))).await;
+    let origin = Origin::start(|s| {
+        Reply::ok(format!(
+            "len={:?} read={}",
+            s.headers.get("content-length"),
+            s.body.len()
+        ))
+    })
+    .await;
     let p = Proxy::simple(&origin.url(), "ttl: 60s").await;
     let r = proxy::client()
         .post(p.url("/upload"))
@@ -143,7 +149,7 @@ async fn request_bodies_reach_the_origin() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.text().await.unwrap(), "len=Some(\"100000\")");
+    assert_eq!(r.text().await.unwrap(), "len=Some(\"100000\") read=100000");
 }
 
 #[tokio::test]

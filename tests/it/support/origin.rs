@@ -98,6 +98,9 @@ pub struct Seen {
     pub headers: HeaderMap,
     /// How many requests for this path the origin had seen before this one.
     pub n: usize,
+    /// The request body, read in full before the handler answers (as an origin that
+    /// reads what it is sent; answering first would race the client's upload).
+    pub body: bytes::Bytes,
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
@@ -374,12 +377,18 @@ async fn handle(
         *n += 1;
         *n - 1
     };
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    let req = Request::from_parts(parts, Body::empty());
     let seen = Seen {
         method: req.method().clone(),
         path,
         query: req.uri().query().map(str::to_string),
         headers: req.headers().clone(),
         n,
+        body,
     };
     counters.seen.lock().unwrap().push(seen.clone());
     let reset = req.extensions().get::<ResetOnClose>().cloned();

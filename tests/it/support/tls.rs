@@ -313,6 +313,7 @@ async fn handle(
         query: req.uri().query().map(str::to_string),
         headers: req.headers().clone(),
         n,
+        body: bytes::Bytes::new(),
     };
     let tls_seen = TlsSeen {
         version: req.version(),

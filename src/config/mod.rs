@@ -674,7 +674,7 @@ impl Validator {
         {
             warnings.push(self.err(
                 "store.redis.pool_size",
-                "is ignored: one multiplexed connection per replica carries all commands",
+                "is ignored: one multiplexed connection per worker thread carries its commands",
             ));
         }
         Ok(Config {

@@ -157,7 +157,7 @@ pub struct RawRedis {
     pub url: Option<String>,
     pub cluster: Option<Vec<String>>,
     pub sentinel: Option<RawSentinel>,
-    /// Removed (one multiplexed connection carries all commands); still read, whatever
+    /// Removed (one multiplexed connection per worker carries its commands); still read, whatever
     /// its value, only to reject it with a message that says so.
     pub pool_size: Option<serde::de::IgnoredAny>,
     pub timeout: Option<String>,

@@ -130,7 +130,7 @@ fn pool_size_is_accepted_with_a_warning() {
         warnings,
         [
             "routes.yaml:18:16: store.redis.pool_size: is ignored: one multiplexed connection per \
-          replica carries all commands"
+          worker thread carries its commands"
         ]
     );
     assert!(parse(GOOD).unwrap().warnings.is_empty());

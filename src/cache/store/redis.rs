@@ -3,7 +3,7 @@
 //! `rediss://` URLs connect over TLS (rustls; `#insecure` skips certificate checks).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -141,6 +141,20 @@ end
 return 0
 "#;
 
+fn put(slot: &RwLock<Option<Handle>>, handle: Option<Handle>) {
+    match slot.write() {
+        Ok(mut slot) => *slot = handle,
+        Err(poisoned) => *poisoned.into_inner() = handle,
+    }
+}
+
+fn get(slot: &RwLock<Option<Handle>>) -> Option<Handle> {
+    match slot.read() {
+        Ok(slot) => slot.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
 /// The L2 store. Cheap to share: everything lives behind one `Arc`.
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -158,6 +172,14 @@ struct Inner {
     /// The live connection; None while (re)connecting. Cloned out per command
     /// (redis-rs connections are multiplexed handles), so the lock is held for nanoseconds.
     conn: RwLock<Option<Handle>>,
+    /// One more connection per connection worker (`crate::workers`), opened on that
+    /// worker once `conn` is up, so its commands and the connection's driver task share
+    /// a thread (through `conn` every command woke another thread and back). Dropped
+    /// with `conn` whenever it is replaced; until a worker's own is up it uses `conn`.
+    local: Vec<LocalConn>,
+    /// Bumped whenever `conn` is replaced: a worker's connection opened across a
+    /// replacement (perhaps to a demoted master) is not kept.
+    generation: AtomicU64,
     /// One background connect at a time, however many callers notice the gap.
     connecting: AtomicBool,
     breaker: Breaker,
@@ -166,6 +188,13 @@ struct Inner {
     release_script: redis::Script,
     tag_script: redis::Script,
     record_script: redis::Script,
+}
+
+/// A worker's own connection and whether one is being opened.
+#[derive(Default)]
+struct LocalConn {
+    conn: RwLock<Option<Handle>>,
+    opening: AtomicBool,
 }
 
 /// A connection to whatever the target is; both kinds multiplex, so a clone is a handle.
@@ -216,7 +245,11 @@ impl RedisStore {
             channel: format!("{}invalidate", config.key_prefix),
             node_id: format!("{:016x}", rand::random::<u64>()),
             conn: RwLock::new(None),
+            local: (0..crate::workers::count())
+                .map(|_| LocalConn::default())
+                .collect(),
             connecting: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             breaker: Breaker::new(),
             insert_script: redis::Script::new(INSERT_LUA),
             remove_script: redis::Script::new(REMOVE_LUA),
@@ -568,18 +601,55 @@ impl Inner {
         (self.timeout * 4).max(MIN_CONNECT_TIMEOUT)
     }
 
+    /// Replaces the connection; the workers' own go with it (a failover or a dead
+    /// socket concerns them too) and are opened again once it is back.
     fn set_conn(&self, handle: Option<Handle>) {
-        match self.conn.write() {
-            Ok(mut slot) => *slot = handle,
-            Err(poisoned) => *poisoned.into_inner() = handle,
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        put(&self.conn, handle);
+        for local in &self.local {
+            put(&local.conn, None);
         }
     }
 
     fn conn(&self) -> Option<Handle> {
-        match self.conn.read() {
-            Ok(slot) => slot.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        get(&self.conn)
+    }
+
+    /// The connection for a command on this thread: the worker's own when it is up,
+    /// else the shared one (opening the worker's own in the background, on the worker).
+    fn conn_here(self: &Arc<Self>) -> Option<Handle> {
+        let shared = self.conn()?;
+        let Some(local) = crate::workers::current().and_then(|w| self.local.get(w)) else {
+            return Some(shared);
+        };
+        if let Some(own) = get(&local.conn) {
+            return Some(own);
         }
+        if !local.opening.swap(true, Ordering::AcqRel) {
+            let weak: Weak<Inner> = Arc::downgrade(self);
+            let worker = crate::workers::current();
+            let generation = self.generation.load(Ordering::Acquire);
+            tokio::spawn(async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let Some(local) = worker.and_then(|w| inner.local.get(w)) else {
+                    return;
+                };
+                if let Ok(handle) = inner.open().await {
+                    // Under the slot's lock: `set_conn` bumps the generation before it
+                    // clears the slots, so a replacement either is seen here or clears
+                    // what is stored.
+                    let mut slot = match local.conn.write() {
+                        Ok(slot) => slot,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    if inner.generation.load(Ordering::Acquire) == generation {
+                        *slot = Some(handle);
+                    }
+                }
+                local.opening.store(false, Ordering::Release);
+            });
+        }
+        Some(shared)
     }
 
     async fn sentinel_master(&self) -> RedisResult<Client> {
@@ -673,7 +743,7 @@ impl Inner {
         } else {
             None
         };
-        let handle = match (refused, self.conn()) {
+        let handle = match (refused, self.conn_here()) {
             (None, Some(handle)) => handle,
             (refused, _) => {
                 crate::telemetry::record_store_op("l2", op, "error");

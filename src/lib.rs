@@ -21,6 +21,8 @@
 //! - `reload`: SIGHUP, file changes and admin `POST /reload` re-read the config.
 //! - `server`: listeners (plain and TLS), connection limits, the layer stack, the drain.
 //! - `conn`: what a request knows of its connection (`ConnectionInfo`: peer, TLS).
+//! - `workers`: one single-threaded runtime per core; a connection is served to its end
+//!   on one, with that worker's origin pool and Redis connection.
 //! - `tls`: certificates and keys from PEM files, for the listener and HTTPS upstreams.
 //! - `proxy`: the request path: `canonical` (the one canonical request the key and the
 //!   upstream request come from), `route`, `key`, `fetch`, `origin`, `respond`,

@@ -669,7 +669,7 @@ pub struct AccessLog {
     method: http::Method,
     /// A `Uri` clone shares its bytes: no copy of the path per request.
     uri: http::Uri,
-    client: Option<std::net::SocketAddr>,
+    client: Option<std::sync::Arc<crate::conn::PeerText>>,
     /// The client's `traceparent` trace id, for when no OpenTelemetry span carries one.
     client_trace: Option<http::HeaderValue>,
 }
@@ -678,7 +678,7 @@ pub struct AccessLog {
 pub fn access_start(
     enabled: bool,
     parts: &http::request::Parts,
-    client: Option<std::net::SocketAddr>,
+    client: Option<std::sync::Arc<crate::conn::PeerText>>,
 ) -> Option<AccessLog> {
     enabled.then(|| AccessLog {
         method: parts.method.clone(),
@@ -718,7 +718,7 @@ pub fn access_log(
             bytes: response_bytes(resp),
             duration_ms: millis(elapsed),
             origin_ms: status.origin_time.map(millis),
-            client: a.client,
+            client: a.client.as_deref().map(|c| &*c.addr),
             trace_id,
         };
         sink.write(&line);
@@ -735,7 +735,7 @@ pub fn access_log(
         bytes = response_bytes(resp),
         duration_ms = millis(elapsed),
         origin_ms = status.origin_time.map(millis),
-        client = a.client.map(tracing::field::display),
+        client = a.client.as_deref().map(|c| tracing::field::display(&c.addr)),
         trace_id,
         "access"
     );
@@ -774,23 +774,10 @@ struct AccessLine<'a> {
     /// The origin exchange this request made (to its response headers), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     origin_ms: Option<f64>,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "display_opt"
-    )]
-    client: Option<std::net::SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_id: Option<&'a str>,
-}
-
-fn display_opt<S: serde::Serializer>(
-    v: &Option<std::net::SocketAddr>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => s.collect_str(v),
-        None => s.serialize_none(),
-    }
 }
 
 impl AccessSink {
@@ -858,7 +845,8 @@ fn plain_line(buf: &mut Vec<u8>, line: &AccessLine<'_>) {
         let _ = write!(buf, " origin_ms={ms:?}");
     }
     if let Some(client) = line.client {
-        let _ = write!(buf, " client={client}");
+        buf.extend_from_slice(b" client=");
+        buf.extend_from_slice(client.as_bytes());
     }
     if let Some(id) = line.trace_id {
         buf.extend_from_slice(b" trace_id=");
@@ -917,7 +905,7 @@ mod access_tests {
             bytes: Some(70),
             duration_ms: 0.084,
             origin_ms: None,
-            client: Some("127.0.0.1:4242".parse().unwrap()),
+            client: Some("127.0.0.1:4242"),
             trace_id,
         }
     }

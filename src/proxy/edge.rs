@@ -3,10 +3,12 @@
 //! config (which validates `hosts` with the same normaliser) and the request path.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::header;
 use http::HeaderMap;
 
+use crate::conn::PeerText;
 use crate::error::ProxyError;
 
 // === hosts and forwarding ===
@@ -25,11 +27,24 @@ pub struct Forwarding {
 }
 
 /// What the proxy knows of where a request came from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: Option<SocketAddr>,
     /// The connection is TLS (the client really used https).
     pub tls: bool,
+    /// `addr` as text, written once per connection; `Some` whenever `addr` is.
+    pub text: Option<Arc<PeerText>>,
+}
+
+impl Peer {
+    /// A peer whose address is written out here (not once per connection).
+    pub fn new(addr: Option<SocketAddr>, tls: bool) -> Peer {
+        Peer {
+            addr,
+            tls,
+            text: addr.map(|a| Arc::new(PeerText::of(a))),
+        }
+    }
 }
 
 /// Which hosts this proxy answers for, and which peers may speak for clients.
@@ -119,7 +134,7 @@ fn last_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub fn forwarding(
     uri: &http::Uri,
     headers: &HeaderMap,
-    peer: Peer,
+    peer: &Peer,
     edge: &EdgePolicy,
 ) -> Result<Forwarding, ProxyError> {
     let trusted = peer.addr.is_some_and(|a| edge.trusts(a.ip()));
@@ -153,7 +168,10 @@ pub fn forwarding(
         return Err(ProxyError::MisdirectedRequest);
     }
     let for_chain = peer.addr.map(|a| {
-        let ip = a.ip().to_string();
+        let ip = match &peer.text {
+            Some(text) => text.ip.to_string(),
+            None => a.ip().to_string(),
+        };
         let previous: Vec<&str> = if trusted {
             headers
                 .get_all("x-forwarded-for")
@@ -247,10 +265,7 @@ mod tests {
     }
 
     fn peer(ip: &str) -> Peer {
-        Peer {
-            addr: Some(SocketAddr::new(ip.parse().unwrap(), 5555)),
-            tls: false,
-        }
+        Peer::new(Some(SocketAddr::new(ip.parse().unwrap(), 5555)), false)
     }
 
     #[test]
@@ -265,11 +280,11 @@ mod tests {
             hosts: vec![],
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
         };
-        let f = forwarding(&uri, &h, peer("192.0.2.1"), &edge).unwrap();
+        let f = forwarding(&uri, &h, &peer("192.0.2.1"), &edge).unwrap();
         assert_eq!(f.host.as_deref(), Some("api.example.com"));
         assert_eq!(f.proto, "http");
         assert_eq!(f.for_chain.as_deref(), Some("192.0.2.1"));
-        let f = forwarding(&uri, &h, peer("10.1.2.3"), &edge).unwrap();
+        let f = forwarding(&uri, &h, &peer("10.1.2.3"), &edge).unwrap();
         assert_eq!(f.host.as_deref(), Some("evil.example"));
         assert_eq!(f.proto, "https");
         assert_eq!(f.for_chain.as_deref(), Some("1.2.3.4, 10.1.2.3"));
@@ -285,11 +300,11 @@ mod tests {
             trusted_proxies: vec![],
         };
         assert_eq!(
-            forwarding(&uri, &h, peer("192.0.2.1"), &edge),
+            forwarding(&uri, &h, &peer("192.0.2.1"), &edge),
             Err(ProxyError::MisdirectedRequest)
         );
         assert_eq!(
-            forwarding(&uri, &HeaderMap::new(), peer("192.0.2.1"), &edge),
+            forwarding(&uri, &HeaderMap::new(), &peer("192.0.2.1"), &edge),
             Err(ProxyError::MisdirectedRequest)
         );
     }

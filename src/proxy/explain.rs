@@ -44,12 +44,9 @@ pub fn describe(
         .parse()
         .map_err(|e| format!("{e}"))?;
     let path = canonical::path(origin_form.path()).map_err(|e| format!("answered 400: {e}"))?;
-    let peer = Peer {
-        addr: Some(client),
-        tls: false,
-    };
+    let peer = Peer::new(Some(client), false);
     let edge: &EdgePolicy = &config.edge;
-    let fwd = canonical::forwarding(&origin_form, &request, peer, edge)
+    let fwd = canonical::forwarding(&origin_form, &request, &peer, edge)
         .map_err(|e| format!("answered {}: {e}", e.status().as_u16()))?;
     let routes = RouteTable::new(&config.routes);
     let m = routes

@@ -65,7 +65,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let fwd = match canonical::forwarding(&parts.uri, &parts.headers, peer, &rt.config.edge) {
+    let fwd = match canonical::forwarding(&parts.uri, &parts.headers, &peer, &rt.config.edge) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
@@ -74,7 +74,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     };
     let route = &rt.config.routes[matched.route];
     let span = crate::telemetry::request_span(&parts.method, &route.template, &parts.headers);
-    let access = crate::telemetry::access_start(rt.config.log.access, &parts, peer.addr);
+    let access = crate::telemetry::access_start(rt.config.log.access, &parts, peer.text);
     async {
         let (mut resp, status) =
             dispatch(&state, &rt, route, &matched.params, path, fwd, parts, body).await;
@@ -104,16 +104,19 @@ static SURROGATE_CONTROL: header::HeaderName = header::HeaderName::from_static("
 
 /// Where the request came from, as the connection tells it.
 fn peer_of(parts: &Parts) -> Peer {
-    Peer {
-        addr: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0),
+    let addr = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match parts.extensions.get::<crate::conn::ConnectionInfo>() {
         // The scheme the client really used: from the listener, never from a header.
-        tls: parts
-            .extensions
-            .get::<crate::conn::ConnectionInfo>()
-            .is_some_and(|c| c.tls),
+        Some(conn) => Peer {
+            addr,
+            tls: conn.tls,
+            text: addr.map(|_| conn.text.clone()),
+        },
+        // An embedded router, not served by `server`.
+        None => Peer::new(addr, false),
     }
 }
 
@@ -155,10 +158,10 @@ async fn dispatch(
             .ok()
             .flatten();
             let key = key::cache_key(&route.template, params, query.as_deref());
-            unsafe_method(state, route, key, inbound, body).await
+            Box::pin(unsafe_method(state, route, key, inbound, body)).await
         } else {
             let status = CacheStatus::forward(Fwd::Bypass);
-            forward(route, inbound, body, status).await
+            Box::pin(forward(route, inbound, body, status)).await
         };
     }
     // A body on a GET or HEAD ("fat GET") cannot reach the origin under a key that
@@ -255,14 +258,16 @@ async fn lookup_or_fetch(
     };
     if state.cache.hit_for_miss.contains_key(key) {
         let status = CacheStatus::forward(fwd).with_detail(Detail::HitForMiss);
-        return forward(route, inbound, Body::empty(), status).await;
+        return Box::pin(forward(route, inbound, Body::empty(), status)).await;
     }
 
+    // The paths past a hit are boxed: their state would otherwise sit inside every
+    // request's future, hits included, and be moved with it (BENCHMARKS.md section 14).
     // Bounded: a follower whose leader gave up competes again, at most a few times.
     for _ in 0..3 {
         match state.cache.locks.lock(key) {
             Lock::Leader(permit) => {
-                return lead(state, route, key, inbound, found, fwd, permit).await
+                return Box::pin(lead(state, route, key, inbound, found, fwd, permit)).await
             }
             Lock::Follower(waiter) => {
                 // The leader may queue for the upstream before its fetch.
@@ -274,14 +279,22 @@ async fn lookup_or_fetch(
                     .instrument(crate::telemetry::lock_wait_span())
                     .await
                 {
-                    Ok(shared) => return follow(route, key, inbound, found, fwd, shared).await,
+                    Ok(shared) => {
+                        return Box::pin(follow(route, key, inbound, found, fwd, shared)).await
+                    }
                     Err(WaitError::Abandoned) => continue,
                     Err(WaitError::TimedOut) => break,
                 }
             }
         }
     }
-    forward(route, inbound, Body::empty(), CacheStatus::forward(fwd)).await
+    Box::pin(forward(
+        route,
+        inbound,
+        Body::empty(),
+        CacheStatus::forward(fwd),
+    ))
+    .await
 }
 
 /// The in-process leader: takes the fleet lease, then either answers from the entry

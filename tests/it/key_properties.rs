@@ -462,10 +462,10 @@ fn spell(m: &Meaning, s: &Spelling, routes: &[std::sync::Arc<Route>]) -> Option<
         }
         None => "192.0.2.1",
     };
-    let peer = Peer {
-        addr: Some(SocketAddr::new(ip.parse().expect("literal"), 40000)),
-        tls: false,
-    };
+    let peer = Peer::new(
+        Some(SocketAddr::new(ip.parse().expect("literal"), 40000)),
+        false,
+    );
     Some(Request { uri, headers, peer })
 }
 
@@ -493,7 +493,7 @@ struct Outcome {
 fn run(config: &Config, table: &RouteTable, r: &Request) -> Option<Outcome> {
     let path = canonical::path(r.uri.path()).ok()?;
     let matched = table.find(&path)?;
-    let fwd = canonical::forwarding(&r.uri, &r.headers, r.peer, &config.edge).ok()?;
+    let fwd = canonical::forwarding(&r.uri, &r.headers, &r.peer, &config.edge).ok()?;
     let route = &config.routes[matched.route];
     let (key, upstream) = canonical::cache_request(
         route,

@@ -92,6 +92,27 @@ fn version_and_help_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests() {
     let origin = Origin::start(|_| Reply::ok("finished").delay(Duration::from_millis(700))).await;
+    let (mut child, port, _dir) = serve_binary(&origin, &[]).await;
+    let url = format!("http://127.0.0.1:{port}/slow");
+    let client = proxy::client();
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { proxy::send(&client, "GET", &url, &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    unsafe_kill_term(child.id());
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "finished"));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit after draining: {status:?}");
+}
+
+/// The real binary serving `origin` on a free port (every path, `ttl: 60s`), with `env`;
+/// returns once it answers. The directory holds its routes file.
+async fn serve_binary(
+    origin: &Origin,
+    env: &[(&str, &str)],
+) -> (std::process::Child, u16, tempfile::TempDir) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -109,14 +130,14 @@ async fn sigterm_finishes_in_flight_requests() {
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("--config")
         .arg(&path)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}/slow");
     let client = proxy::client();
     for _ in 0..100 {
         if client
@@ -129,16 +150,54 @@ async fn sigterm_finishes_in_flight_requests() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        async move { proxy::send(&client, "GET", &url, &[]).await }
+    (child, port, dir)
+}
+
+/// More workers than cores: connections land on different workers, and a cold key asked
+/// for on all of them at once is still one origin request (the single flight is the
+/// process's, not a worker's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_many_workers_share_one_fetch_per_key() {
+    let origin = Origin::start(|s| {
+        Reply::ok(format!("{} #{}", s.path, s.n)).delay(Duration::from_millis(300))
+    })
+    .await;
+    let (mut child, port, _dir) = serve_binary(&origin, &[("CACHEGATE_WORKERS", "3")]).await;
+    // One client per request: a connection each, spread over the workers.
+    let burst = (0..24).map(|_| {
+        let url = format!("http://127.0.0.1:{port}/cold");
+        tokio::spawn(async move { proxy::send(&proxy::client(), "GET", &url, &[]).await })
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answers = futures_util::future::join_all(burst).await;
+    for r in &answers {
+        let r = r.as_ref().unwrap();
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "/cold #0"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(
+        origin.hits("/cold"),
+        1,
+        "one origin request for 24 clients on 3 workers"
+    );
+    let again = proxy::send(
+        &proxy::client(),
+        "GET",
+        &format!("http://127.0.0.1:{port}/cold"),
+        &[],
+    )
+    .await;
+    assert!(
+        again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
     unsafe_kill_term(child.id());
-    let r = in_flight.await.unwrap();
-    assert_eq!((r.status, r.body.as_str()), (200, "finished"));
     let status = child.wait().unwrap();
-    assert!(status.success(), "clean exit after draining: {status:?}");
+    assert!(status.success(), "clean exit: {status:?}");
 }
 
 fn unsafe_kill_term(pid: u32) {

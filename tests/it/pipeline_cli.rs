@@ -26,6 +26,17 @@ struct Binary {
 
 impl Binary {
     async fn start(origin: &Origin, routes: &str) -> Binary {
+        // A port free when picked may be taken (by another test's outgoing connection)
+        // before the binary binds it: it exits then, and we try other ports.
+        for _ in 0..3 {
+            if let Some(binary) = Self::try_start(origin, routes).await {
+                return binary;
+            }
+        }
+        panic!("cachegate did not start on three pairs of free ports");
+    }
+
+    async fn try_start(origin: &Origin, routes: &str) -> Option<Binary> {
         let port = free_port();
         let (admin_line, admin) = admin_yaml();
         let yaml = proxy::config_yaml(&origin.url(), "ttl: 60s, stale: 60s, jitter: 0", routes)
@@ -41,16 +52,19 @@ impl Binary {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let binary = Binary {
+        let mut binary = Binary {
             proxy: format!("http://127.0.0.1:{port}"),
             admin,
             child,
             _dir: dir,
         };
-        for url in [&binary.proxy, &binary.admin] {
+        for url in [binary.proxy.clone(), binary.admin.clone()] {
             let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
             let deadline = Instant::now() + Duration::from_secs(10);
             while tokio::net::TcpStream::connect(addr).await.is_err() {
+                if binary.child.try_wait().unwrap().is_some() {
+                    return None;
+                }
                 assert!(
                     Instant::now() < deadline,
                     "cachegate did not listen on {addr}"
@@ -58,7 +72,7 @@ impl Binary {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
-        binary
+        Some(binary)
     }
 
     /// A GET with the `Host` that `cachegate warm` sends for a path (the host is part

@@ -113,11 +113,7 @@ async fn serve_binary(
     origin: &Origin,
     env: &[(&str, &str)],
 ) -> (std::process::Child, u16, tempfile::TempDir) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.yaml");
     std::fs::write(

@@ -183,11 +183,7 @@ async fn reloads_under_load_fail_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_a_changed_file_reload_the_real_binary() {
     let origin = Origin::start(|s| Reply::ok(format!("{} v{}", s.path, s.n))).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.yaml");
     let write = |extra: &str| {

@@ -10,11 +10,7 @@ pub const TOKEN: &str = "s3cret-token";
 
 /// An `admin:` YAML line on a free loopback port with `TOKEN`, and that listener's URL.
 pub fn admin_yaml() -> (String, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     (
         format!("admin: {{ listen: 127.0.0.1:{port}, token: {TOKEN} }}\n"),
         format!("http://127.0.0.1:{port}"),

@@ -1,6 +1,5 @@
 //! What the proxy may know about the client connection a request came on. `server`
-//! inserts one `ConnectionInfo` per connection into every request's extensions (beside
-//! axum's `ConnectInfo<SocketAddr>`).
+//! inserts the connection's `ConnectionInfo` into every request's extensions.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

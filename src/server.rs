@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::FutureExt;
@@ -486,8 +486,7 @@ where
     let service = hyper::service::service_fn({
         let activity = activity.clone();
         move |mut req: http::Request<Incoming>| {
-            // The proxy reads the peer from axum's `ConnectInfo`, the scheme from ours.
-            req.extensions_mut().insert(ConnectInfo(info.peer));
+            // The peer, the scheme and the peer's text, in one extension.
             req.extensions_mut().insert(info.clone());
             let busy = activity.begin();
             let shared = shared.clone();

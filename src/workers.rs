@@ -6,8 +6,9 @@
 //! connection's task on one thread, the pooled origin connection's on the other); here a
 //! miss wakes nobody (BENCHMARKS.md section 14).
 //!
-//! Everything else (accept loops, the admin listener, Redis connections, signals) stays
-//! on the process's main runtime.
+//! Each worker also gets its own Redis connection (`cache::store::redis`). Everything
+//! else (accept loops, the admin listener, the shared Redis connection and pub/sub,
+//! signals) stays on the process's main runtime.
 
 use std::cell::Cell;
 use std::future::Future;

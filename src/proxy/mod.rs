@@ -104,19 +104,21 @@ static SURROGATE_CONTROL: header::HeaderName = header::HeaderName::from_static("
 
 /// Where the request came from, as the connection tells it.
 fn peer_of(parts: &Parts) -> Peer {
-    let addr = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     match parts.extensions.get::<crate::conn::ConnectionInfo>() {
         // The scheme the client really used: from the listener, never from a header.
         Some(conn) => Peer {
-            addr,
+            addr: Some(conn.peer),
             tls: conn.tls,
-            text: addr.map(|_| conn.text.clone()),
+            text: Some(conn.text.clone()),
         },
-        // An embedded router, not served by `server`.
-        None => Peer::new(addr, false),
+        // An embedded router, not served by `server` (axum's `ConnectInfo`, if any).
+        None => Peer::new(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            false,
+        ),
     }
 }
 

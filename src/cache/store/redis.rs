@@ -142,10 +142,13 @@ return 0
 "#;
 
 fn put(slot: &RwLock<Option<Handle>>, handle: Option<Handle>) {
-    match slot.write() {
-        Ok(mut slot) => *slot = handle,
-        Err(poisoned) => *poisoned.into_inner() = handle,
-    }
+    *write(slot) = handle;
+}
+
+/// A slot's write lock; a panic elsewhere while holding it leaves a value still usable.
+fn write(slot: &RwLock<Option<Handle>>) -> std::sync::RwLockWriteGuard<'_, Option<Handle>> {
+    slot.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn get(slot: &RwLock<Option<Handle>>) -> Option<Handle> {
@@ -638,10 +641,7 @@ impl Inner {
                     // Under the slot's lock: `set_conn` bumps the generation before it
                     // clears the slots, so a replacement either is seen here or clears
                     // what is stored.
-                    let mut slot = match local.conn.write() {
-                        Ok(slot) => slot,
-                        Err(poisoned) => poisoned.into_inner(),
-                    };
+                    let mut slot = write(&local.conn);
                     if inner.generation.load(Ordering::Acquire) == generation {
                         *slot = Some(handle);
                     }
